@@ -1,0 +1,5 @@
+import sys
+
+from tlatlas.cli import main
+
+sys.exit(main())
