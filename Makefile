@@ -10,7 +10,8 @@ STAMP  := $(VENV)/.tlatlas-installed
 # TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
 HAS_GPU    := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
-DEMO_ARGS  ?= --per-family 8
+DEMO_ARGS  ?= --per-family 3 --seeds 42 137
+DEMO_OUT   ?= runs/demo
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -31,7 +32,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tlatlas eval --model smollm2-135m $(DEMO_ARGS)
+	$(BIN)/tlatlas eval --model smollm2-135m --per-family 3
+	$(BIN)/tlatlas atlas --model smollm2-135m $(DEMO_ARGS) --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -64,10 +64,16 @@ def make_tiny_checkpoint(arch: str, path: Path, *, seed: int = 0, n_layers: int 
     return path
 
 
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
 @pytest.fixture(autouse=True)
-def _seed_everything():
+def _seed_and_threads(request):
+    """Seed everything; one thread for tiny models (they are overhead-bound and more
+    threads only add OpenMP spin), every core for tests on the real model."""
     random.seed(0)
     torch.manual_seed(0)
+    torch.set_num_threads(_DEFAULT_THREADS if "smollm2" in request.fixturenames else 1)
 
 
 @pytest.fixture(scope="session")

@@ -87,6 +87,100 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"tlatlas: error: --shard wants i/n (e.g. 0/4), got {text!r}") from None
+    return i, n
+
+
+def _hub_table(rows: list[tuple[int, object]]) -> None:
+    """Print hub, agreement and flatness per seed, then the spread across seeds."""
+    from tlatlas.hubs import seed_spread
+
+    print(f"{'seed':>6} {'hub':>4} {'effect':>9} {'agree':>6} {'least':>6} {'effect':>9}")
+    for seed, h in rows:
+        print(f"{seed:>6} {h.hub_layer:>4} {h.hub_effect:>9.4f} {h.family_agreement:>6.0%} "
+              f"{h.least_layer:>6} {h.least_effect:>9.4f}")
+    spread = seed_spread([s for s, _ in rows], [h for _, h in rows])
+    print(f"hub per seed {list(spread.hubs)}  mode L{spread.mode}  std {spread.std:.2f}  "
+          f"(metric {rows[0][1].metric}, component {rows[0][1].component}; effect in nats)")
+    fam = rows[0][1].family_argmax
+    print("per-family argmax (first seed): " + ", ".join(f"{f} L{layer}" for f, layer in fam.items()))
+
+
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from tlatlas.atlas import AtlasConfig
+    from tlatlas.hubs import hub_summary
+    from tlatlas.models import load_model
+    from tlatlas.pipeline import SuiteSpec, build_atlas
+    from tlatlas.store import save_atlas
+
+    shard = _parse_shard(args.shard)
+    config = AtlasConfig(ablation=args.ablation, positions=args.positions,
+                         batch_size=args.batch_size,
+                         method="naive" if args.method == "naive" else "exact",
+                         layers=tuple(args.layers) if args.layers else None)
+    model = load_model(args.model)
+    out = Path(args.out)
+    command = "tlatlas " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("tlatlas") else \
+        "tlatlas atlas " + " ".join(f"{k}={v}" for k, v in vars(args).items() if k != "func")
+    rows = []
+    for seed in args.seeds:
+        spec = SuiteSpec(kind=args.suite, seed=seed, per_family=args.per_family,
+                         families=tuple(args.families) if args.families else None, shard=shard)
+        with tqdm(desc=f"atlas seed {seed}", unit="ex", file=sys.stderr) as bar:
+            atlas = build_atlas(model, spec, config, method=args.method, command=command,
+                                on_batch=bar.update)
+        stem = out / (f"seed{seed}" + (f".shard{shard[0]}of{shard[1]}" if shard else ""))
+        paths = save_atlas(atlas, stem)
+        print(f"wrote {paths[1]}  ({atlas.meta.n_examples} examples, "
+              f"{atlas.meta.timings.get('sweep', 0):.1f}s)", file=sys.stderr)
+        rows.append((seed, hub_summary(atlas.sums)))
+    print(f"model {args.model} ({model.fingerprint.short})  suite {args.suite}  "
+          f"ablation {args.ablation}  method {args.method}")
+    _hub_table(rows)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from tlatlas.hubs import hub_summary
+    from tlatlas.store import find_atlases, load_atlas
+
+    stems = find_atlases(args.dir)
+    if not stems:
+        print(f"tlatlas: error: no *.atlas.json in {args.dir}", file=sys.stderr)
+        return 2
+    atlases = [load_atlas(s) for s in stems]
+    whole = [a for a in atlases if a.meta.shard is None]
+    if not whole:
+        print("only shards here: run `tlatlas merge` first", file=sys.stderr)
+        return 2
+    m = whole[0].meta
+    print(f"model {m.model} ({m.fingerprint.short})  suite {m.suite_kind} "
+          f"{m.suite_hash[:12]}  ablation {m.ablation}  method {m.method}")
+    rows = [(a.meta.seed, hub_summary(a.sums, metric=args.metric, component=args.component,
+                                      families=args.families)) for a in whole]
+    _hub_table(rows)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tlatlas.store import load_atlas, merge_atlases, save_atlas
+
+    merged = merge_atlases([load_atlas(s) for s in args.shards])
+    paths = save_atlas(merged, args.out)
+    print(f"merged {len(args.shards)} shards ({merged.meta.n_examples} examples) -> {paths[1]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlatlas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +201,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("atlas", help="causal atlas: ablation effects by layer/component/family")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--suite", choices=["synthetic", "nl"], default="synthetic")
+    p.add_argument("--per-family", type=int, default=None)
+    p.add_argument("--families", nargs="+", default=None, help="restrict to these families")
+    p.add_argument("--ablation", choices=["zero", "mean", "resample"], default="zero")
+    p.add_argument("--positions", action="store_true", help="also the position-resolved maps")
+    p.add_argument("--method", choices=["exact", "naive", "attribution"], default="exact")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42])
+    p.add_argument("--layers", type=int, nargs="+", default=None)
+    p.add_argument("--shard", default=None, help="i/n: only this disjoint slice of the suite")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_atlas)
+
+    p = sub.add_parser("show", help="the hub table of the atlases in a directory")
+    p.add_argument("dir")
+    p.add_argument("--metric", choices=["kl", "dlogp", "acc_drop"], default="kl")
+    p.add_argument("--component", choices=["attn", "mlp", "block"], default="block")
+    p.add_argument("--families", nargs="+", default=None,
+                   help="hub over these families only (e.g. the first four: suite breadth)")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("merge", help="merge shards 0..n-1 into the whole-suite atlas")
+    p.add_argument("shards", nargs="+", help="shard stems or .atlas.json files")
+    p.add_argument("--out", required=True, help="output stem, e.g. out/seed42")
+    p.set_defaults(func=cmd_merge)
     return parser
 
 

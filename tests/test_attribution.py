@@ -1,0 +1,220 @@
+import math
+
+import pytest
+import torch
+
+from tlatlas.ablation import RoleStats, position_mask, replacement, write_hook
+from tlatlas.atlas import (
+    COMPONENT_HOOKS,
+    COMPONENTS,
+    POS_COMPONENTS,
+    AtlasConfig,
+    compute_atlas_sums,
+    hook_name,
+    mean_effect,
+    reference_stats,
+)
+from tlatlas.attribution import attribution_effects, attribution_sums, spearman
+from tlatlas.forward import clean_run
+from tlatlas.metrics import METRICS
+from tlatlas.tasks import build_suite
+from tlatlas.tokens import encode_batch
+
+KL, DLOGP, ACC = (METRICS.index(m) for m in ("kl", "dlogp", "acc_drop"))
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return build_suite("synthetic", per_family=3)
+
+
+def _one_family_batch(model, suite, n=4):
+    fam = suite.families[0]
+    exs = [ex for ex in suite.examples if ex.family == fam][:n]
+    return encode_batch(exs, model.tokenizer)
+
+
+def _exact_dlogp(model, batch, hooks) -> torch.Tensor:
+    """log p_clean - log p_intervened at the scored positions, via the bridge (fp32)."""
+    tokens = batch.tokens.to(model.device)
+    rows = torch.arange(len(batch))
+    tgt = batch.target[:, None]
+    with torch.no_grad():
+        clean = model.bridge(tokens)[rows, batch.scored_pos].log_softmax(-1).gather(-1, tgt)
+        hooked = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        hooked = hooked[rows, batch.scored_pos].log_softmax(-1).gather(-1, tgt)
+    return (clean - hooked)[:, 0].double()
+
+
+# --------------------------------------------------------------------------- first order
+
+
+@pytest.mark.parametrize(("component", "layer"),
+                         [("attn", 1), ("mlp", 1), ("block", 1), ("block", 2), ("attn", 2)])
+def test_layer_estimate_is_exact_to_first_order(tiny_models, suite, component, layer):
+    """Ablating to a + eps (r - a) changes log p by eps * estimate + O(eps^2).
+
+    ``block`` fails this if it is taken as the sum of the attn and mlp estimates.
+    """
+    model, eps = tiny_models["llama"], 1e-3
+    batch = _one_family_batch(model, suite)
+    _, layer_e, _ = attribution_effects(model, batch, [layer])
+    est = layer_e[COMPONENTS.index(component), 0].double()
+    names = [hook_name(layer, h) for h in COMPONENT_HOOKS[component]]
+    clean = clean_run(model, batch.tokens, batch.scored_pos, names)
+    mask = position_mask(batch.roles, "all")
+    hooks = []
+    for n in names:
+        a = clean.acts[n]
+        r = replacement("zero", a, batch.roles)
+        hooks.append((n, write_hook(a + eps * (r - a), mask)))
+    exact = _exact_dlogp(model, batch, hooks)
+    assert est.abs().min() > 1e-2  # the test has signal
+    torch.testing.assert_close(eps * est, exact, rtol=0.05, atol=1e-6)
+
+
+@pytest.mark.parametrize("component", POS_COMPONENTS)
+def test_position_estimate_is_exact_to_first_order(tiny_models, suite, component):
+    model, layer, eps, pos = tiny_models["llama"], 0, 1e-3, 1
+    batch = _one_family_batch(model, suite)
+    _, _, pos_e = attribution_effects(model, batch, [layer], positions=True)
+    est = pos_e[POS_COMPONENTS.index(component), 0, :, pos].double()
+    names = [hook_name(layer, h) for h in COMPONENT_HOOKS[component]]
+    clean = clean_run(model, batch.tokens, batch.scored_pos, names)
+    hooks = [(n, write_hook((1 - eps) * clean.acts[n], position_mask(batch.roles, pos)))
+             for n in names]
+    exact = _exact_dlogp(model, batch, hooks)
+    assert est.abs().min() > 1e-3
+    torch.testing.assert_close(eps * est, exact, rtol=0.05, atol=1e-6)
+    # pads (after each row's scored position) are NaN, real positions are not
+    real = batch.roles != -1
+    assert torch.isnan(pos_e[:, :, ~real]).all() and not torch.isnan(pos_e[:, :, real]).any()
+
+
+def test_block_position_map_sums_to_layer_map(tiny_models, suite):
+    """The estimate is linear: one position at a time adds up to all positions at once."""
+    model = tiny_models["qwen2"]
+    batch = _one_family_batch(model, suite)
+    _, layer_e, pos_e = attribution_effects(model, batch, [0, 2], positions=True)
+    torch.testing.assert_close(pos_e[POS_COMPONENTS.index("block")].nansum(-1),
+                               layer_e[COMPONENTS.index("block")], rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_leave_parameters_alone(tiny_models, suite):
+    model = tiny_models["llama"]
+    attribution_effects(model, _one_family_batch(model, suite), [0])
+    assert all(p.grad is None for p in model.hf_model.parameters())
+
+
+# --------------------------------------------------------------------------- the atlas
+
+
+def test_layout_matches_exact_atlas(tiny_models, suite):
+    model = tiny_models["llama"]
+    exs = suite.subset(suite.families[:2]).examples  # the exact position map is slow on CPU
+    exact = compute_atlas_sums(model, exs, AtlasConfig(ablation="zero", positions=True, max_offset=8))
+    attr = attribution_sums(model, exs, positions=True, max_offset=8)
+    assert (attr.families, attr.layers, attr.max_offset) == (exact.families, exact.layers, 8)
+    assert attr.tensors.keys() == exact.tensors.keys()
+    for key, t in exact.tensors.items():
+        assert attr.tensors[key].shape == t.shape, key
+        assert attr.tensors[key].dtype == t.dtype, key
+    for key in ("count", "clean.correct", "role.count", "offset.count"):
+        torch.testing.assert_close(attr.tensors[key], exact.tensors[key])
+    torch.testing.assert_close(attr.tensors["clean.logp"], exact.tensors["clean.logp"],
+                               rtol=1e-4, atol=1e-4)
+    for key in ("layer.sum", "role.sum", "offset.sum"):
+        t = attr.tensors[key]
+        assert torch.isnan(t[KL]).all() and torch.isnan(t[ACC]).all(), key
+        assert torch.isfinite(t[DLOGP]).all(), key
+    assert attr.has_positions
+    # mergeable like any atlas
+    assert attr.merged(attr).tensors["count"].sum() == 2 * len(exs)
+
+
+def test_spearman_against_exact_atlas(tiny_models, suite, record_property):
+    model = tiny_models["llama"]
+    exact = compute_atlas_sums(model, suite.examples, AtlasConfig(ablation="zero"))
+    attr = attribution_sums(model, suite.examples)
+    e = torch.stack([mean_effect(exact, "dlogp", c) for c in COMPONENTS])
+    a = torch.stack([mean_effect(attr, "dlogp", c) for c in COMPONENTS])
+    rho = spearman(a, e)
+    record_property("spearman_tiny_llama_zero", rho)
+    assert math.isfinite(rho) and -1.0 <= rho <= 1.0
+    # kl is NaN in the estimate, so its Spearman has no pairs
+    with pytest.raises(ValueError, match="two pairs"):
+        spearman(mean_effect(attr, "kl"), mean_effect(exact, "kl"))
+
+
+def test_resample_is_rejected(tiny_models, suite):
+    with pytest.raises(ValueError, match="resample"):
+        attribution_sums(tiny_models["llama"], suite.examples, ablation="resample")
+
+
+def test_mean_ablation_uses_the_given_means(tiny_models, suite):
+    model = tiny_models["qwen2"]
+    exs = suite.examples
+    names = [hook_name(layer, h) for layer in range(model.n_layers)
+             for h in ("hook_attn_out", "hook_mlp_out", "hook_resid_post")]
+    zero_means = {n: RoleStats.zeros(model.d_model) for n in names}
+    with pytest.raises(ValueError, match="reference"):
+        attribution_sums(model, exs, ablation="mean")
+    zero = attribution_sums(model, exs, positions=True)
+    mean0 = attribution_sums(model, exs, ablation="mean", means=zero_means, positions=True)
+    for key in ("layer.sum", "role.sum", "offset.sum"):
+        torch.testing.assert_close(mean0.tensors[key], zero.tensors[key], equal_nan=True)
+    ref = build_suite("synthetic", seed=1, per_family=2).examples
+    stats = reference_stats(model, ref, names)
+    real = attribution_sums(model, exs, ablation="mean", means=stats, positions=True)
+    assert not torch.allclose(real.tensors["layer.sum"][DLOGP], zero.tensors["layer.sum"][DLOGP])
+    with pytest.raises(KeyError, match="reference means"):
+        attribution_sums(model, exs, ablation="mean", means={names[0]: stats[names[0]]})
+
+
+def test_layers_and_families_are_honoured(tiny_models, suite):
+    model = tiny_models["llama"]
+    fams = tuple(reversed(suite.families))
+    seen = []
+    full = attribution_sums(model, suite.examples, families=fams)
+    sub = attribution_sums(model, suite.examples, layers=(2,), families=fams, on_batch=seen.append)
+    assert sub.layers == (2,) and sub.families == fams
+    assert sum(seen) == len(suite.examples)
+    torch.testing.assert_close(sub.tensors["layer.sum"][DLOGP, :, 0],
+                               full.tensors["layer.sum"][DLOGP, :, 2])
+
+
+# --------------------------------------------------------------------------- spearman
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [
+    ([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 1000.0], 1.0),  # monotone, not linear
+    ([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 1.0, -9.0], -1.0),
+    ([1.0, float("nan"), 2.0, 3.0, 4.0], [1.0, -50.0, 4.0, 9.0, 16.0], 1.0),  # NaN pair ignored
+    ([1.0, 2.0, 3.0, float("nan")], [3.0, 2.0, float("nan"), 0.0], -1.0),
+    ([1.0, 2.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0], 0.9486832980505138),  # tie: average ranks
+])
+def test_spearman_known_values(a, b, expected):
+    assert spearman(torch.tensor(a), torch.tensor(b)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_spearman_shapes_and_degenerate_inputs():
+    x = torch.arange(6.0).view(2, 3)
+    assert spearman(x, x.exp()) == pytest.approx(1.0)
+    assert math.isnan(spearman(torch.ones(4), torch.arange(4.0)))
+    with pytest.raises(ValueError, match="shape"):
+        spearman(torch.ones(3), torch.ones(4))
+    with pytest.raises(ValueError, match="two pairs"):
+        spearman(torch.tensor([1.0, float("nan")]), torch.tensor([float("nan"), 2.0]))
+
+
+@pytest.mark.slow
+def test_spearman_on_smollm2(smollm2, record_property):
+    suite = build_suite("synthetic", per_family=2)
+    exs = suite.subset(suite.families[:3]).examples  # the exact atlas: ~2 min on 2 CPU cores
+    exact = compute_atlas_sums(smollm2, exs, AtlasConfig(ablation="zero"))
+    attr = attribution_sums(smollm2, exs)
+    e = torch.stack([mean_effect(exact, "dlogp", c) for c in COMPONENTS])
+    a = torch.stack([mean_effect(attr, "dlogp", c) for c in COMPONENTS])
+    rho = spearman(a, e)
+    record_property("spearman_smollm2_zero", rho)
+    assert math.isfinite(rho)

@@ -1,0 +1,231 @@
+"""Atlas files (DESIGN §6): ``NAME.atlas.safetensors`` + ``NAME.atlas.json``.
+
+The safetensors file holds the summed effects (:class:`~tlatlas.atlas.AtlasSums`);
+the JSON file holds everything needed to interpret and trust them: model fingerprint,
+suite hash, seed, ablation, metric version, tool version, command line, timings.
+Both are written atomically (temporary file, then rename), tensors first, so a reader
+never sees a JSON file whose tensors are missing or half-written.
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tlatlas import __version__
+from tlatlas.atlas import COMPONENTS, POS_COMPONENTS, AtlasSums
+from tlatlas.errors import AtlasFileError
+from tlatlas.metrics import METRICS, METRICS_VERSION
+from tlatlas.models import Fingerprint
+from tlatlas.tokens import ROLES
+
+ATLAS_KIND = "tlatlas.atlas"
+ATLAS_FORMAT_VERSION = 1
+TENSORS_SUFFIX = ".atlas.safetensors"
+META_SUFFIX = ".atlas.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AtlasMeta:
+    """Provenance of an atlas."""
+
+    model: str
+    """The model source as given (name, path or hub id)."""
+    fingerprint: Fingerprint
+    """Identity of the model that produced the atlas."""
+    suite_kind: str
+    """``synthetic`` or ``nl``."""
+    suite_hash: str
+    """Content hash of the whole (unsharded) suite the atlas covers."""
+    seed: int
+    """Suite seed (seeds resample the suite)."""
+    ablation: str
+    """``zero``, ``mean`` or ``resample``."""
+    method: str
+    """``exact``, ``naive`` or ``attribution``."""
+    n_examples: int
+    """Examples scored (in this shard, if sharded)."""
+    shard: tuple[int, int] | None = None
+    """``(index, count)`` for a shard, None for a whole suite."""
+    reference_hash: str | None = None
+    """Content hash of the reference set of mean ablation."""
+    metrics_version: int = METRICS_VERSION
+    """Version of the metric definitions (tlatlas.metrics)."""
+    tool_version: str = __version__
+    """tlatlas version that wrote the atlas."""
+    command: str = ""
+    """Command line that produced the atlas."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Wall-clock seconds of each stage."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fingerprint"] = self.fingerprint.to_dict()
+        d["shard"] = list(self.shard) if self.shard else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AtlasMeta":
+        d = dict(d)
+        d["fingerprint"] = Fingerprint.from_dict(d["fingerprint"])
+        d["shard"] = tuple(d["shard"]) if d.get("shard") else None
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Atlas:
+    """Summed effects plus their provenance."""
+
+    sums: AtlasSums
+    meta: AtlasMeta
+
+
+def atlas_paths(stem: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(tensors, meta)`` paths for a stem such as ``out/seed42``."""
+    s = str(stem)
+    for suffix in (TENSORS_SUFFIX, META_SUFFIX):
+        if s.endswith(suffix):
+            s = s[: -len(suffix)]
+    return Path(s + TENSORS_SUFFIX), Path(s + META_SUFFIX)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_atlas(atlas: Atlas, stem: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write an atlas; returns the two paths."""
+    from safetensors.torch import save_file
+
+    tensors_path, meta_path = atlas_paths(stem)
+    s = atlas.sums
+    header = {
+        "kind": ATLAS_KIND,
+        "format_version": ATLAS_FORMAT_VERSION,
+        "families": list(s.families),
+        "layers": list(s.layers),
+        "max_offset": s.max_offset,
+        "components": list(COMPONENTS),
+        "pos_components": list(POS_COMPONENTS) if s.has_positions else [],
+        "roles": list(ROLES),
+        "metrics": list(METRICS),
+        "tensors": {k: list(v.shape) for k, v in s.tensors.items()},
+        "meta": atlas.meta.to_dict(),
+    }
+    tensors = {k: v.contiguous() for k, v in s.tensors.items()}
+    _atomic_write(tensors_path, lambda p: save_file(tensors, p, metadata={"kind": ATLAS_KIND}))
+    _atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(header, indent=1)))
+    return tensors_path, meta_path
+
+
+def load_atlas(stem: str | os.PathLike[str], *, fingerprint: Fingerprint | None = None,
+               force: bool = False) -> Atlas:
+    """Read and validate an atlas.
+
+    Raises AtlasFileError for a missing, truncated, foreign or mis-shaped file, and
+    FingerprintMismatchError when ``fingerprint`` (the model in hand) differs from the
+    atlas's model, unless ``force``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    tensors_path, meta_path = atlas_paths(stem)
+    for p in (meta_path, tensors_path):
+        if not p.exists():
+            raise AtlasFileError(f"missing atlas file {p}")
+    try:
+        header = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise AtlasFileError(f"{meta_path} is not valid JSON (truncated?): {err}") from err
+    if header.get("kind") != ATLAS_KIND:
+        raise AtlasFileError(f"{meta_path} is not a tlatlas atlas (kind {header.get('kind')!r})")
+    if header.get("format_version") != ATLAS_FORMAT_VERSION:
+        raise AtlasFileError(
+            f"{meta_path} has atlas format {header.get('format_version')}, this tlatlas reads "
+            f"{ATLAS_FORMAT_VERSION}; recompute the atlas")
+    meta = AtlasMeta.from_dict(header["meta"])
+    if meta.metrics_version != METRICS_VERSION:
+        raise AtlasFileError(f"{meta_path} uses metric definitions v{meta.metrics_version}, "
+                             f"this tlatlas uses v{METRICS_VERSION}; recompute the atlas")
+    try:
+        tensors = load_file(str(tensors_path))
+    except (SafetensorError, OSError) as err:
+        raise AtlasFileError(f"{tensors_path} is damaged or truncated: {err}") from err
+    expected = header["tensors"]
+    if set(tensors) != set(expected):
+        raise AtlasFileError(f"{tensors_path} holds tensors {sorted(tensors)}, "
+                             f"its JSON lists {sorted(expected)}")
+    for name, shape in expected.items():
+        if list(tensors[name].shape) != shape:
+            raise AtlasFileError(f"{tensors_path}: tensor {name} has shape "
+                                 f"{list(tensors[name].shape)}, expected {shape}")
+    f, n_l = len(header["families"]), len(header["layers"])
+    if tensors["layer.sum"].shape != (len(METRICS), len(COMPONENTS), n_l, f):
+        raise AtlasFileError(f"{tensors_path}: layer.sum does not match "
+                             f"{n_l} layers x {f} families")
+    if fingerprint is not None and not force:
+        fingerprint.check_matches(meta.fingerprint, what=f"atlas {meta_path}")
+    sums = AtlasSums(families=tuple(header["families"]), layers=tuple(header["layers"]),
+                     max_offset=int(header["max_offset"]), tensors=tensors)
+    return Atlas(sums=sums, meta=meta)
+
+
+def find_atlases(directory: str | os.PathLike[str]) -> list[Path]:
+    """Stems of every atlas in a directory, sorted."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise AtlasFileError(f"{d} is not a directory")
+    return sorted(Path(str(p)[: -len(META_SUFFIX)]) for p in d.glob("*" + META_SUFFIX))
+
+
+def merge_atlases(atlases: list[Atlas]) -> Atlas:
+    """Combine the shards ``0..n-1`` of one sweep into the atlas of the whole suite.
+
+    Sums and counts are added (never averages of averages), so the result equals the
+    unsharded atlas up to floating-point summation order.
+    """
+    if not atlases:
+        raise AtlasFileError("nothing to merge")
+    first = atlases[0].meta
+    same = ("fingerprint", "suite_kind", "suite_hash", "seed", "ablation", "method",
+            "reference_hash", "metrics_version")
+    for a in atlases[1:]:
+        for key in same:
+            if getattr(a.meta, key) != getattr(first, key):
+                raise AtlasFileError(f"cannot merge: shards differ in {key} "
+                                     f"({getattr(first, key)!r} vs {getattr(a.meta, key)!r})")
+    shards = [a.meta.shard for a in atlases]
+    if any(s is None for s in shards):
+        raise AtlasFileError("cannot merge: an input is a whole-suite atlas, not a shard")
+    count = shards[0][1]
+    indices = sorted(s[0] for s in shards)
+    if any(s[1] != count for s in shards) or indices != list(range(count)):
+        raise AtlasFileError(f"cannot merge: need shards 0..{count - 1} exactly once, "
+                             f"got {sorted(shards)}")
+    sums = atlases[0].sums
+    for a in atlases[1:]:
+        sums = sums.merged(a.sums)
+    timings = {k: sum(a.meta.timings.get(k, 0.0) for a in atlases) for k in first.timings}
+    meta = replace(first, shard=None, n_examples=sum(a.meta.n_examples for a in atlases),
+                   timings=timings, command=first.command + f"  [merged {count} shards]")
+    return Atlas(sums=sums, meta=meta)
+
+
+def tensor_equal_report(a: Atlas, b: Atlas) -> float:
+    """Max |difference| over every tensor of two atlases (for checks and benchmarks)."""
+    return max(float((a.sums.tensors[k] - b.sums.tensors[k]).abs().nan_to_num().max())
+               for k in a.sums.tensors)
+
+
+__all__ = ["Atlas", "AtlasMeta", "save_atlas", "load_atlas", "merge_atlases", "find_atlases",
+           "atlas_paths", "tensor_equal_report"]
