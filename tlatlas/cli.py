@@ -107,7 +107,7 @@ def _hub_table(rows: list[tuple[int, object]]) -> None:
               f"{h.least_layer:>6} {h.least_effect:>9.4f}")
     spread = seed_spread([s for s, _ in rows], [h for _, h in rows])
     print(f"hub per seed {list(spread.hubs)}  mode L{spread.mode}  std {spread.std:.2f}  "
-          f"(metric {rows[0][1].metric}, component {rows[0][1].component}; effect in nats)")
+          f"(metric {rows[0][1].metric}, component {rows[0][1].component}; kl and dlogp in nats)")
     fam = rows[0][1].family_argmax
     print("per-family argmax (first seed): " + ", ".join(f"{f} L{layer}" for f, layer in fam.items()))
 
@@ -143,10 +143,14 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         paths = save_atlas(atlas, stem)
         print(f"wrote {paths[1]}  ({atlas.meta.n_examples} examples, "
               f"{atlas.meta.timings.get('sweep', 0):.1f}s)", file=sys.stderr)
-        rows.append((seed, hub_summary(atlas.sums)))
+        # attribution estimates dlogp only (first-order KL is zero at the clean point)
+        metric = "dlogp" if args.method == "attribution" else "kl"
+        rows.append((seed, hub_summary(atlas.sums, metric=metric)))
     print(f"model {args.model} ({model.fingerprint.short})  suite {args.suite}  "
           f"ablation {args.ablation}  method {args.method}")
     _hub_table(rows)
+    if config.positions:
+        _role_table(atlas.sums, metric)
     return 0
 
 
@@ -166,10 +170,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     m = whole[0].meta
     print(f"model {m.model} ({m.fingerprint.short})  suite {m.suite_kind} "
           f"{m.suite_hash[:12]}  ablation {m.ablation}  method {m.method}")
-    rows = [(a.meta.seed, hub_summary(a.sums, metric=args.metric, component=args.component,
+    metric = "dlogp" if m.method == "attribution" and args.metric == "kl" else args.metric
+    rows = [(a.meta.seed, hub_summary(a.sums, metric=metric, component=args.component,
                                       families=args.families)) for a in whole]
     _hub_table(rows)
+    if whole[0].sums.has_positions:
+        _role_table(whole[0].sums, metric)
     return 0
+
+
+def _role_table(sums, metric: str) -> None:
+    """Effect of ablating one position of each role, per layer (position bias)."""
+    from tlatlas.atlas import role_effect
+    from tlatlas.tokens import ROLES
+
+    for comp in ("resid", "block"):
+        eff = role_effect(sums, metric, comp)  # [layer role]
+        print(f"position roles, {comp} ablated at one position ({metric}, mean over layers): "
+              + ", ".join(f"{r} {float(eff[:, i].mean()):.3f}" for i, r in enumerate(ROLES)))
+        top = {r: sums.layers[int(eff[:, i].argmax())] for i, r in enumerate(ROLES)}
+        print("  layer of largest effect per role: "
+              + ", ".join(f"{r} L{layer}" for r, layer in top.items()))
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
