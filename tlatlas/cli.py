@@ -202,6 +202,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_lora(args: argparse.Namespace) -> int:
+    from bridges.export import plan_lora, write_adapter_config
+    from bridges.names import leaf_to_short
+    from tlatlas.models import load_model, weights_dir
+    from tlatlas.store import load_atlas
+
+    atlas = load_atlas(args.atlas)
+    source = args.model or atlas.meta.model
+    model = load_model(source)
+    if not args.force:
+        model.fingerprint.check_matches(atlas.meta.fingerprint, what=f"atlas {args.atlas}")
+    modules = [leaf_to_short(model, m.strip()) for m in args.modules.split(",") if m.strip()]
+    plan = plan_lora(model, args.strategy, atlas=atlas.sums, budget=args.budget,
+                     top_k=args.top_k, modules=modules, rank=args.rank, seed=args.seed)
+    path = write_adapter_config(plan, args.out, base_model=str(weights_dir(source)))
+    print(f"{plan.strategy}: layers {list(plan.layers)}, modules {list(plan.modules)}, rank {plan.rank}")
+    print(f"{plan.trainable_params} trainable parameters"
+          + (f" (budget {plan.budget})" if plan.budget is not None else ""))
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlatlas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", nargs="+", help="shard stems or .atlas.json files")
     p.add_argument("--out", required=True, help="output stem, e.g. out/seed42")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("export-lora", help="PEFT LoRA config targeting atlas-chosen modules")
+    p.add_argument("atlas", help="atlas stem or .atlas.json")
+    p.add_argument("--strategy", choices=["atlas", "random", "all-linear"], default="atlas")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--budget", type=int, default=None, help="max trainable parameters")
+    size.add_argument("--top-k", type=int, default=None, help="number of layers")
+    p.add_argument("--modules", default="o", help="comma list: q,k,v,o,gate,in,out or HF leaves")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="default: the model the atlas records")
+    p.add_argument("--force", action="store_true", help="allow an atlas of another model")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export_lora)
     return parser
 
 

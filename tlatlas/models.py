@@ -384,6 +384,34 @@ def _boot_bridge(path: Path, hf_model: Any, tokenizer: Any, device: torch.device
     return bridge
 
 
+def weights_dir(source: str | os.PathLike[str]) -> Path:
+    """The local HF directory holding ``source``'s weights (a GGUF's dequantized cache)."""
+    kind, path = resolve_source(source)
+    return dequantized_gguf_dir(path) if kind == "gguf" else path
+
+
+def load_hf_model(source: str | os.PathLike[str], *, device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
+    """A plain Hugging Face model (no bridge) of ``source``, e.g. for PEFT or bitsandbytes.
+
+    The bridge replaces a model's modules by hooked wrappers that PEFT cannot target,
+    so adapters and quantized copies are built on a fresh model from the same weights.
+    ``kwargs`` go to ``from_pretrained`` (e.g. ``quantization_config``).
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = weights_dir(source)
+    dev = torch.device(device) if device is not None else default_device()
+    dt = dtype if dtype is not None else default_dtype(dev)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, **kwargs)
+    except Exception as err:
+        raise CorruptModelFileError(f"could not load the model in {path}: {err}") from err
+    if "quantization_config" not in kwargs:
+        model.to(dev)
+    return model.eval()
+
+
 def load_model(
     source: str | os.PathLike[str] = DEFAULT_MODEL,
     *,
@@ -404,20 +432,20 @@ def load_model(
     kind, path = resolve_source(source)
     dev = torch.device(device) if device is not None else default_device()
     dt = dtype if dtype is not None else default_dtype(dev)
-    weights_dir = dequantized_gguf_dir(path) if kind == "gguf" else path
+    wdir = dequantized_gguf_dir(path) if kind == "gguf" else path
     sha = weights_sha256(path)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(weights_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(wdir))
         hf_model = AutoModelForCausalLM.from_pretrained(
-            str(weights_dir), dtype=dt, attn_implementation="eager"
+            str(wdir), dtype=dt, attn_implementation="eager"
         )
     except Exception as err:  # safetensors/json/torch each raise their own types on damage
-        raise CorruptModelFileError(f"could not load the model in {weights_dir}: {err}") from err
+        raise CorruptModelFileError(f"could not load the model in {wdir}: {err}") from err
     hf_model.to(dev).eval()
-    bridge = _boot_bridge(weights_dir, hf_model, tokenizer, dev)
+    bridge = _boot_bridge(wdir, hf_model, tokenizer, dev)
     cfg = hf_model.config.get_text_config()
     fingerprint = Fingerprint(
         architecture=type(hf_model).__name__,

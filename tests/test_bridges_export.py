@@ -1,0 +1,72 @@
+import json
+
+import pytest
+
+from bridges.export import STRATEGIES, plan_lora, rank_layers, write_adapter_config
+from tlatlas.atlas import AtlasConfig
+from tlatlas.models import load_hf_model
+from tlatlas.pipeline import SuiteSpec, build_atlas
+
+
+@pytest.fixture(scope="module")
+def tiny_atlas(tiny_models):
+    return build_atlas(tiny_models["qwen2"], SuiteSpec(per_family=2, families=("ioi", "code")),
+                       AtlasConfig(batch_size=2))
+
+
+def peft_trainable(path, adapter_dir):
+    from peft import LoraConfig, get_peft_model
+
+    model = load_hf_model(path, device="cpu")
+    peft_model = get_peft_model(model, LoraConfig.from_pretrained(str(adapter_dir)))
+    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("modules", [("o",), ("q", "v"), ("gate", "in", "out")])
+def test_export_loads_in_stock_peft_with_equal_param_count(tiny_models, tiny_dirs, tiny_atlas,
+                                                          tmp_path, strategy, modules):
+    model = tiny_models["qwen2"]
+    plan = plan_lora(model, strategy, atlas=tiny_atlas.sums, top_k=2, modules=modules, rank=4)
+    out = write_adapter_config(plan, tmp_path / strategy)
+    assert json.loads(out.read_text())["target_modules"]
+    assert peft_trainable(tiny_dirs["qwen2"], tmp_path / strategy) == plan.trainable_params
+
+
+def test_atlas_plan_takes_top_layers_and_random_matches_its_count(tiny_models, tiny_atlas):
+    model = tiny_models["qwen2"]
+    ranked = rank_layers(tiny_atlas.sums)
+    assert sorted(ranked) == [0, 1, 2]
+    atlas_plan = plan_lora(model, "atlas", atlas=tiny_atlas.sums, top_k=1, rank=8)
+    assert atlas_plan.layers == (ranked[0],)
+    for seed in range(5):
+        rnd = plan_lora(model, "random", atlas=tiny_atlas.sums, top_k=1, rank=8, seed=seed)
+        assert rnd.trainable_params == atlas_plan.trainable_params and len(rnd.layers) == 1
+    assert {plan_lora(model, "random", atlas=tiny_atlas.sums, top_k=1, seed=s).layers
+            for s in range(20)} == {(0,), (1,), (2,)}
+
+
+def test_budget_is_never_exceeded(tiny_models, tiny_atlas):
+    model = tiny_models["qwen2"]
+    one_layer = plan_lora(model, "atlas", atlas=tiny_atlas.sums, top_k=1, rank=4).trainable_params
+    for budget in (one_layer, one_layer + 1, 2 * one_layer - 1, 2 * one_layer, 10 * one_layer):
+        for strategy in ("atlas", "random"):
+            plan = plan_lora(model, strategy, atlas=tiny_atlas.sums, budget=budget, rank=4)
+            assert plan.trainable_params <= budget
+        assert len(plan.layers) == min(budget // one_layer, 3)
+    with pytest.raises(ValueError, match="below one layer"):
+        plan_lora(model, "atlas", atlas=tiny_atlas.sums, budget=one_layer - 1, rank=4)
+
+
+def test_export_cli_refuses_a_mismatched_atlas(tiny_dirs, tiny_models, tiny_atlas, tmp_path, capsys):
+    from tlatlas.cli import main
+    from tlatlas.store import save_atlas
+
+    save_atlas(tiny_atlas, tmp_path / "a")
+    assert main(["export-lora", str(tmp_path / "a"), "--strategy", "atlas", "--top-k", "2",
+                 "--out", str(tmp_path / "ok")]) == 0
+    assert "trainable parameters" in capsys.readouterr().out
+    assert main(["export-lora", str(tmp_path / "a"), "--model", str(tiny_dirs["llama"]),
+                 "--strategy", "atlas", "--top-k", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "force" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
