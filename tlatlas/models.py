@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from functools import lru_cache
 from importlib import util as importlib_util
 from pathlib import Path
@@ -199,17 +199,21 @@ class Fingerprint:
     """Vocabulary size (rows of the unembedding)."""
     weights_sha256: str
     """sha256 of the source file (GGUF) or of the weight files (HF directory)."""
+    quantization: str = "none"
+    """``none``, or the label of a bitsandbytes copy (``nf4-fp32``, ``int8`` ...)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Fingerprint":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        fields = cls.__dataclass_fields__
+        return cls(**{k: data[k] for k in fields if k in data or fields[k].default is MISSING})
 
     @property
     def short(self) -> str:
-        return f"{self.architecture}/L{self.n_layers}/d{self.d_model}/{self.weights_sha256[:12]}"
+        quant = "" if self.quantization == "none" else f"/{self.quantization}"
+        return f"{self.architecture}/L{self.n_layers}/d{self.d_model}/{self.weights_sha256[:12]}{quant}"
 
     def check_matches(self, other: "Fingerprint", *, what: str = "this result") -> None:
         """Raise FingerprintMismatchError when ``other`` is a different model."""
@@ -446,19 +450,24 @@ def load_model(
         raise CorruptModelFileError(f"could not load the model in {wdir}: {err}") from err
     hf_model.to(dev).eval()
     bridge = _boot_bridge(wdir, hf_model, tokenizer, dev)
-    cfg = hf_model.config.get_text_config()
-    fingerprint = Fingerprint(
-        architecture=type(hf_model).__name__,
-        n_layers=int(cfg.num_hidden_layers),
-        d_model=int(cfg.hidden_size),
-        d_vocab=int(hf_model.get_output_embeddings().weight.shape[0]),
-        weights_sha256=sha,
-    )
     return LoadedModel(
         name=str(source),
         bridge=bridge,
         hf_model=hf_model,
         tokenizer=tokenizer,
-        fingerprint=fingerprint,
+        fingerprint=fingerprint_of(hf_model, sha),
         path=path,
+    )
+
+
+def fingerprint_of(hf_model: Any, weights_sha: str, quantization: str = "none") -> Fingerprint:
+    """The fingerprint of a loaded HF model whose weights hash to ``weights_sha``."""
+    cfg = hf_model.config.get_text_config()
+    return Fingerprint(
+        architecture=type(hf_model).__name__,
+        n_layers=int(cfg.num_hidden_layers),
+        d_model=int(cfg.hidden_size),
+        d_vocab=int(cfg.vocab_size),
+        weights_sha256=weights_sha,
+        quantization=quantization,
     )
