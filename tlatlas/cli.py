@@ -224,6 +224,44 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from bridges.export import plan_lora
+    from bridges.names import leaf_to_short
+    from bridges.quant import parse_precision
+    from bridges.train import TrainConfig, train_lora
+    from tlatlas.models import load_model
+    from tlatlas.store import load_atlas
+
+    model = load_model(args.model)
+    atlas = None
+    if args.strategy != "all-linear":
+        if not args.atlas:
+            print("tlatlas: error: --strategy atlas/random needs --atlas", file=sys.stderr)
+            return 2
+        atlas = load_atlas(args.atlas, fingerprint=model.fingerprint, force=args.force).sums
+    modules = [leaf_to_short(model, m.strip()) for m in args.modules.split(",") if m.strip()]
+    plan = plan_lora(model, args.strategy, atlas=atlas, budget=args.budget, top_k=args.top_k,
+                     modules=modules, rank=args.rank, seed=args.seed)
+    config = TrainConfig(family=args.family, steps=args.steps, lr=args.lr, seed=args.seed,
+                         batch_size=args.batch_size, n_train=args.n_train, n_heldout=args.n_heldout)
+    del model  # training loads its own plain HF copy
+    with tqdm(total=config.steps, desc=f"LoRA {args.strategy} on {args.family}",
+              file=sys.stderr) as bar:
+        result = train_lora(args.model, plan, config, quantization=parse_precision(args.precision),
+                            out=Path(args.out),
+                            on_step=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+    print(f"{args.strategy}: layers {list(plan.layers)}, modules {list(plan.modules)}, "
+          f"rank {plan.rank}, {result.trainable_params} trainable parameters")
+    print(f"held-out loss {result.heldout_loss_before:.4f} -> {result.heldout_loss_after:.4f}   "
+          f"exact match {result.exact_match_before:.1%} -> {result.exact_match_after:.1%}")
+    print(f"adapter and result.json in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlatlas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -286,6 +324,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="allow an atlas of another model")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export_lora)
+
+    p = sub.add_parser("train", help="LoRA fine-tune on a family with a fixed held-out split")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--family", default="json", help="a family name, or any")
+    p.add_argument("--strategy", choices=["atlas", "random", "all-linear"], default="atlas")
+    p.add_argument("--atlas", default=None, help="atlas stem (for atlas/random)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--budget", type=int, default=None)
+    size.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--modules", default="o")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-heldout", type=int, default=16)
+    p.add_argument("--precision", default="fp32", help="fp32, or nf4 / nf4-bf16 / int8 (QLoRA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_train)
     return parser
 
 
