@@ -134,6 +134,25 @@ def plan_lora(model, strategy: Strategy, *, atlas: AtlasSums | None = None,
                     trainable_params=params, budget=budget, seed=seed)
 
 
+def plan_for_layers(model, strategy: str, layers: Sequence[int], *, modules: Sequence[str] = ("o",),
+                    rank: int = 8, budget: int | None = None, seed: int = 0) -> LoraPlan:
+    """A plan adapting exactly ``layers`` (for baselines: first-k, last-k, Block Influence)."""
+    if not layers:
+        raise ValueError("no layers to adapt")
+    names = hf_module_names(model, sorted(layers), modules)
+    return LoraPlan(strategy=strategy, layers=tuple(sorted(layers)), modules=tuple(modules),
+                    rank=rank, target_modules=tuple(n.hf_path for n in names),
+                    trainable_params=module_params(model, names, rank), budget=budget, seed=seed)
+
+
+def rank_for_budget(model, layers: Sequence[int], modules: Sequence[str], budget: int) -> int:
+    """The largest LoRA rank whose adapters on ``layers`` x ``modules`` fit in ``budget``."""
+    per_rank = module_params(model, hf_module_names(model, layers, modules), 1)
+    if per_rank > budget:
+        raise ValueError(f"budget {budget} is below rank 1 on {len(layers)} layers ({per_rank})")
+    return budget // per_rank
+
+
 def write_adapter_config(plan: LoraPlan, out: str | Path, *, base_model: str | None = None,
                          alpha: int | None = None, dropout: float = 0.0) -> Path:
     """Write ``adapter_config.json`` (stock PEFT reads it) and the plan beside it."""

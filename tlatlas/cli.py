@@ -262,6 +262,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bridges.export import rank_layers
+    from bridges.studies import module_sweep, strategy_study
+    from bridges.train import TrainConfig
+    from tlatlas.models import load_model
+    from tlatlas.store import _atomic_write, load_atlas
+
+    model = load_model(args.model)
+    atlas = load_atlas(args.atlas, fingerprint=model.fingerprint, force=args.force)
+    train = TrainConfig(steps=args.steps, n_train=args.n_train, n_heldout=args.n_heldout)
+    say = lambda what: print(f"  training {what}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.study == "strategies":
+        out = strategy_study(args.model, model, atlas.sums, families=args.families,
+                             seeds=args.seeds, top_k=args.top_k, rank=args.rank, train=train,
+                             on_run=say)
+        key = "strategy"
+    else:
+        layers = sorted(rank_layers(atlas.sums)[: args.top_k])
+        out = module_sweep(args.model, model, layers, family=args.families[0], seeds=args.seeds,
+                           rank=args.rank, train=train, on_run=say)
+        key = "module_set"
+    out.update({"kind": f"tlatlas.study.{args.study}", "model": args.model,
+                "fingerprint": model.fingerprint.to_dict(), "atlas": str(args.atlas),
+                "command": "tlatlas " + " ".join(sys.argv[1:])})
+    path = Path(args.out)
+    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(out, indent=1)))
+    print(f"{key:16} {'family':10} {'seed':>4} {'params':>9} {'loss before':>11} "
+          f"{'loss after':>10} {'EM after':>8}")
+    for r in out["rows"]:
+        print(f"{r[key]:16} {r['family']:10} {r['seed']:>4} {r['trainable_params']:>9} "
+              f"{r['heldout_loss_before']:>11.4f} {r['heldout_loss_after']:>10.4f} "
+              f"{r['exact_match_after']:>8.1%}")
+    for name, why in out.get("skipped", {}).items():
+        print(f"skipped {name}: {why}")
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlatlas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -345,6 +385,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("study", help="adapter studies: strategies at matched budget, module sweep")
+    p.add_argument("study", choices=["strategies", "modules"])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--atlas", required=True)
+    p.add_argument("--families", nargs="+", default=["json", "factual", "code"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-heldout", type=int, default=16)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--out", required=True, help="result JSON file")
+    p.set_defaults(func=cmd_study)
     return parser
 
 

@@ -1,0 +1,36 @@
+"""Block Influence (ShortGPT): how much a block changes the residual stream.
+
+BI(L) = 1 - mean cos(resid_pre[L], resid_post[L]) over real token positions. A cheap,
+label-free layer ranking: the baseline the atlas's causal ranking has to beat.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tlatlas.atlas import family_batches
+from tlatlas.forward import clean_run
+from tlatlas.tasks import Example
+from tlatlas.tokens import encode_batch
+
+
+def block_influence(model, examples: Sequence[Example], *, batch_size: int = 8
+                    ) -> Float[Tensor, " layer"]:
+    """BI per layer, averaged over every real position of ``examples``."""
+    n = model.n_layers
+    names = [f"blocks.{layer}.hook_resid_{s}" for layer in range(n) for s in ("pre", "post")]
+    total = torch.zeros(n, dtype=torch.float64)
+    count = 0
+    for exs in family_batches(examples, batch_size):
+        batch = encode_batch(exs, model.tokenizer)
+        clean = clean_run(model, batch.tokens.to(model.device), batch.scored_pos, names)
+        mask = batch.mask.to(model.device)
+        for layer in range(n):
+            cos = torch.nn.functional.cosine_similarity(
+                clean.acts[f"blocks.{layer}.hook_resid_pre"].float(),
+                clean.acts[f"blocks.{layer}.hook_resid_post"].float(), dim=-1)
+            total[layer] += float((1 - cos)[mask].double().sum())
+        count += int(mask.sum())
+    return total / max(count, 1)
