@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-naive-positions", action="store_true")
+    parser.add_argument("--maps", nargs="+", default=["layer", "layer_x_position"],
+                        choices=["layer", "layer_x_position"])
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,6 +151,8 @@ def main() -> None:
 
     for name, positions, families in (("layer", False, args.families),
                                       ("layer_x_position", True, args.pos_families)):
+        if name not in args.maps:
+            continue
         examples = list(build_suite("synthetic", seed=42, per_family=args.per_family,
                                     families=families))
         config = AtlasConfig(batch_size=args.batch_size, positions=positions)

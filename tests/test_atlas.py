@@ -222,3 +222,12 @@ def test_smollm2_exact_equals_naive_and_atlas_is_not_flat(smollm2):
     fast = compute_atlas_sums(smollm2, few, config)
     naive = compute_atlas_sums(smollm2, few, replace(config, method="naive"))
     assert max_diff(naive, fast) <= TOL
+
+
+def test_position_chunks_agree(tiny_models, small_examples):
+    model = tiny_models["qwen2"]
+    base = AtlasConfig(batch_size=2, positions=True, layers=(0, 2))
+    ref = compute_atlas_sums(model, small_examples, replace(base, position_chunk=1))
+    for chunk in (3, 64):
+        other = compute_atlas_sums(model, small_examples, replace(base, position_chunk=chunk))
+        assert max_diff(ref, other) <= TOL

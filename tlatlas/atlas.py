@@ -63,6 +63,9 @@ class AtlasConfig:
     """Position map width: distances 0..max_offset-1 before the scored position."""
     batch_size: int = 8
     """Examples per forward (batches never mix families)."""
+    position_chunk: int = 16
+    """Exact position map: positions stacked into one forward (the keys/values of the
+    positions before the chunk are reused from the clean run)."""
     layers: tuple[int, ...] | None = None
     """Layers to sweep (default all)."""
     resample_seed: int = 0
@@ -76,6 +79,8 @@ class AtlasConfig:
             raise ValueError("batch_size must be >= 2 (resample needs a donor in the batch)")
         if self.max_offset < 1:
             raise ValueError("max_offset must be >= 1")
+        if self.position_chunk < 1:
+            raise ValueError("position_chunk must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -217,42 +222,63 @@ def _layer_effects(ctx: _BatchContext, layers: Sequence[int], method: Method
     return out
 
 
-def _position_effects(ctx: _BatchContext, layers: Sequence[int], method: Method
+def _position_effects(ctx: _BatchContext, layers: Sequence[int], method: Method, chunk: int
                       ) -> Float[Tensor, "metric pcomp layer batch pos"]:
-    """Effect of ablating one position at a time; NaN where the position is not scored-before."""
+    """Effect of ablating one position at a time; NaN where the position is not scored-before.
+
+    The exact path stacks a chunk of positions ``[a, a + chunk)`` into one forward (one row
+    per (position, example) pair) and reuses the clean keys/values of positions ``< a``:
+    per (layer, component) it runs ``width / chunk`` forwards instead of ``width``.
+    """
     model, batch, clean = ctx.model, ctx.batch, ctx.clean
     b, width = batch.tokens.shape
     dev = model.device
     out = torch.full((len(METRICS), len(POS_COMPONENTS), len(layers), b, width), float("nan"))
     scored = batch.scored_pos.to(dev)
-    for p in range(width):
-        rows = torch.nonzero(scored >= p)[:, 0]
-        if rows.numel() == 0:
+    if method == "naive":
+        for p in range(width):
+            rows = torch.nonzero(scored >= p)[:, 0]
+            pmask = position_mask(batch.roles, p).to(dev)
+            for li, layer in enumerate(layers):
+                for ci, comp in enumerate(POS_COMPONENTS):
+                    if rows.numel() == 0:
+                        continue
+                    hooks = [(n, write_hook(ctx.values[n], pmask))
+                             for n in (hook_name(layer, h) for h in COMPONENT_HOOKS[comp])]
+                    with torch.inference_mode():
+                        logits = model.bridge.run_with_hooks(batch.tokens.to(dev), fwd_hooks=hooks)
+                    e = effects(clean.scored_logits[rows], logits[rows, scored[rows]],
+                                batch.target[rows.cpu()])
+                    out[:, ci, li, rows.cpu(), p] = stack_effects(e).cpu()
+        return out
+    for a in range(0, width, chunk):
+        pairs = [(p, r) for p in range(a, min(a + chunk, width)) for r in range(b)
+                 if int(batch.scored_pos[r]) >= p]
+        if not pairs:
             continue
-        pmask = position_mask(batch.roles, p).to(dev)
+        pos = torch.tensor([p for p, _ in pairs], device=dev)
+        rows = torch.tensor([r for _, r in pairs], device=dev)
+        idx = torch.arange(len(pairs), device=dev)
+        rel = pos - a  # the ablated position within the suffix
+        mask = torch.zeros(len(pairs), width - a, dtype=torch.bool, device=dev)
+        mask[idx, rel] = True
         for li, layer in enumerate(layers):
             for ci, comp in enumerate(POS_COMPONENTS):
                 names = [hook_name(layer, h) for h in COMPONENT_HOOKS[comp]]
-                if method == "naive":
-                    hooks = [(n, write_hook(ctx.values[n], pmask)) for n in names]
-                    with torch.inference_mode():
-                        logits = model.bridge.run_with_hooks(batch.tokens.to(dev), fwd_hooks=hooks)
-                    logits = logits[rows, scored[rows]]
-                elif comp == "resid":
-                    # the ablated residual enters block layer+1; positions < p are clean
-                    resid = clean.acts[names[0]][rows, p:].clone()
-                    resid[:, 0] = ctx.values[names[0]][rows, p]
-                    logits = run_from_layer(model, resid, layer + 1, scored[rows] - p,
-                                            prefix=_prefix(model, clean, rows, p),
-                                            prefix_len=p)
+                if comp == "resid":
+                    # the ablated residual enters block layer+1; positions < p stay clean
+                    resid = clean.acts[names[0]][rows, a:].clone()
+                    resid[idx, rel] = ctx.values[names[0]][rows, pos]
+                    logits = run_from_layer(model, resid, layer + 1, scored[rows] - a,
+                                            prefix=_prefix(model, clean, rows, a), prefix_len=a)
                 else:
-                    hooks = [(n, write_hook(ctx.values[n][rows, p:], pmask[rows, p:])) for n in names]
-                    resid = clean.acts[hook_name(layer, "hook_resid_pre")][rows, p:]
-                    logits = run_from_layer(model, resid, layer, scored[rows] - p,
-                                            prefix=_prefix(model, clean, rows, p),
-                                            prefix_len=p, fwd_hooks=hooks)
+                    hooks = [(n, write_hook(ctx.values[n][rows, a:], mask)) for n in names]
+                    resid = clean.acts[hook_name(layer, "hook_resid_pre")][rows, a:]
+                    logits = run_from_layer(model, resid, layer, scored[rows] - a,
+                                            prefix=_prefix(model, clean, rows, a), prefix_len=a,
+                                            fwd_hooks=hooks)
                 e = effects(clean.scored_logits[rows], logits, batch.target[rows.cpu()])
-                out[:, ci, li, rows.cpu(), p] = stack_effects(e).cpu()
+                out[:, ci, li, rows.cpu(), pos.cpu()] = stack_effects(e).cpu()
     return out
 
 
@@ -343,7 +369,8 @@ def compute_atlas_sums(
         values = _replacements(model, batch, clean, config, means, layers, hooks, donors)
         ctx = _BatchContext(model=model, batch=batch, clean=clean, values=values)
         layer_e = _layer_effects(ctx, layers, config.method)
-        pos_e = _position_effects(ctx, layers, config.method) if config.positions else None
+        pos_e = (_position_effects(ctx, layers, config.method, config.position_chunk)
+                 if config.positions else None)
         _accumulate(sums, batch, clean, layer_e, pos_e)
         if on_batch is not None:
             on_batch(len(batch))
