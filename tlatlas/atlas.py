@@ -173,7 +173,7 @@ class _BatchContext:
     values: dict[str, Tensor]  # hook name -> replacement [batch pos d_model]
 
 
-def _replacements(model: LoadedModel, batch: TokenBatch, clean, config: AtlasConfig,
+def _replacements(batch: TokenBatch, clean, config: AtlasConfig,
                   means: dict[str, RoleStats] | None, layers: Sequence[int],
                   hooks: Sequence[str], donors) -> dict[str, Tensor]:
     values = {}
@@ -366,7 +366,7 @@ def compute_atlas_sums(
         if config.ablation == "resample":
             gen = torch.Generator().manual_seed(config.resample_seed * 1_000_003 + bi)
             donors = resample_donors(batch.families, gen)
-        values = _replacements(model, batch, clean, config, means, layers, hooks, donors)
+        values = _replacements(batch, clean, config, means, layers, hooks, donors)
         ctx = _BatchContext(model=model, batch=batch, clean=clean, values=values)
         layer_e = _layer_effects(ctx, layers, config.method)
         pos_e = (_position_effects(ctx, layers, config.method, config.position_chunk)

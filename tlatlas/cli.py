@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -130,8 +131,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
                          layers=tuple(args.layers) if args.layers else None)
     model = load_model(args.model)
     out = Path(args.out)
-    command = "tlatlas " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("tlatlas") else \
-        "tlatlas atlas " + " ".join(f"{k}={v}" for k, v in vars(args).items() if k != "func")
+    command = args.command_line
     rows = []
     for seed in args.seeds:
         spec = SuiteSpec(kind=args.suite, seed=seed, per_family=args.per_family,
@@ -269,7 +269,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from bridges.studies import module_sweep, strategy_study
     from bridges.train import TrainConfig
     from tlatlas.models import load_model
-    from tlatlas.store import _atomic_write, load_atlas
+    from tlatlas.store import atomic_write, load_atlas
 
     model = load_model(args.model)
     atlas = load_atlas(args.atlas, fingerprint=model.fingerprint, force=args.force)
@@ -287,9 +287,9 @@ def cmd_study(args: argparse.Namespace) -> int:
         key = "module_set"
     out.update({"kind": f"tlatlas.study.{args.study}", "model": args.model,
                 "fingerprint": model.fingerprint.to_dict(), "atlas": str(args.atlas),
-                "command": "tlatlas " + " ".join(sys.argv[1:])})
+                "command": args.command_line})
     path = Path(args.out)
-    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(out, indent=1)))
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(out, indent=1)))
     print(f"{key:16} {'family':10} {'seed':>4} {'params':>9} {'loss before':>11} "
           f"{'loss after':>10} {'EM after':>8}")
     for r in out["rows"]:
@@ -405,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tlatlas never downloads
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = "tlatlas " + shlex.join(argv)  # recorded in every result
     try:
         return int(args.func(args))
     except TlatlasError as err:

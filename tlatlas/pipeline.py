@@ -2,7 +2,7 @@
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tlatlas.atlas import (
     AtlasConfig,
@@ -78,8 +78,6 @@ def build_atlas(
                                 batch_size=config.batch_size, positions=config.positions,
                                 layers=layers, families=suite.families, on_batch=on_batch)
     else:
-        from dataclasses import replace
-
         sums = compute_atlas_sums(model, list(scored), replace(config, method=method),
                                   families=suite.families, means=means, on_batch=on_batch)
     timings["sweep"] = time.perf_counter() - t0

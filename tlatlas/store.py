@@ -91,7 +91,8 @@ def atlas_paths(stem: str | os.PathLike[str]) -> tuple[Path, Path]:
     return Path(s + TENSORS_SUFFIX), Path(s + META_SUFFIX)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -123,8 +124,8 @@ def save_atlas(atlas: Atlas, stem: str | os.PathLike[str]) -> tuple[Path, Path]:
         "meta": atlas.meta.to_dict(),
     }
     tensors = {k: v.contiguous() for k, v in s.tensors.items()}
-    _atomic_write(tensors_path, lambda p: save_file(tensors, p, metadata={"kind": ATLAS_KIND}))
-    _atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(header, indent=1)))
+    atomic_write(tensors_path, lambda p: save_file(tensors, p, metadata={"kind": ATLAS_KIND}))
+    atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(header, indent=1)))
     return tensors_path, meta_path
 
 
@@ -221,11 +222,5 @@ def merge_atlases(atlases: list[Atlas]) -> Atlas:
     return Atlas(sums=sums, meta=meta)
 
 
-def tensor_equal_report(a: Atlas, b: Atlas) -> float:
-    """Max |difference| over every tensor of two atlases (for checks and benchmarks)."""
-    return max(float((a.sums.tensors[k] - b.sums.tensors[k]).abs().nan_to_num().max())
-               for k in a.sums.tensors)
-
-
 __all__ = ["Atlas", "AtlasMeta", "save_atlas", "load_atlas", "merge_atlases", "find_atlases",
-           "atlas_paths", "tensor_equal_report"]
+           "atlas_paths", "atomic_write"]
