@@ -47,3 +47,18 @@ def test_names_on_smollm2(smollm2):
     n = hf_module_name(smollm2.bridge, smollm2.n_layers, 29, "out")
     assert n.hf_path == "model.layers.29.mlp.down_proj"
     assert smollm2.hf_model.get_submodule(n.hf_path).weight.shape == (576, 1536)
+
+
+@pytest.mark.slow
+def test_gemma3_loads_and_names_resolve():
+    from tlatlas.models import load_model
+
+    gemma = load_model("gemma3-270m", device="cpu")
+    assert gemma.fingerprint.architecture == "Gemma3ForCausalLM" and gemma.n_layers == 18
+    tokens = gemma.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert (gemma.hf_model(tokens).logits - gemma.bridge(tokens)).abs().max() <= 1e-4
+    for module, leaf in (("o", "o_proj"), ("in", "up_proj"), ("out", "down_proj")):
+        name = hf_module_name(gemma.bridge, gemma.n_layers, 17, module)
+        assert name.hf_path.endswith(leaf)
+        assert gemma.hf_model.get_submodule(name.hf_path).weight.dim() == 2
