@@ -238,11 +238,11 @@ def _position_effects(ctx: _BatchContext, layers: Sequence[int], method: Method,
     if method == "naive":
         for p in range(width):
             rows = torch.nonzero(scored >= p)[:, 0]
+            if rows.numel() == 0:
+                continue
             pmask = position_mask(batch.roles, p).to(dev)
             for li, layer in enumerate(layers):
                 for ci, comp in enumerate(POS_COMPONENTS):
-                    if rows.numel() == 0:
-                        continue
                     hooks = [(n, write_hook(ctx.values[n], pmask))
                              for n in (hook_name(layer, h) for h in COMPONENT_HOOKS[comp])]
                     with torch.inference_mode():

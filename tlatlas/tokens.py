@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from tlatlas.tasks import Example
+from tlatlas.tasks import Example, scored_token_ids
 
 ROLES = ("bos", "body", "last")
 """Position roles of a prompt: the BOS token, the prompt body, the scored last token."""
@@ -55,34 +55,21 @@ def bos_id(tokenizer) -> int | None:
     return tokenizer.bos_token_id
 
 
-def encode_example(example: Example, tokenizer, *, prepend_bos: bool = True) -> tuple[list[int], int]:
-    """``(prompt ids, answer's first token id)``; raises ValueError if the answer is ill-formed.
-
-    The target is read from the tokenization of ``prompt + answer`` so that it is the
-    token the model would actually have to produce, not the answer tokenized alone.
-    """
-    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(example.prompt + example.answer, add_special_tokens=False)["input_ids"]
-    if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) <= len(prompt_ids):
-        raise ValueError(
-            f"{example.family}: the answer {example.answer!r} merges with the prompt's last "
-            f"token ({example.prompt[-20:]!r}); it cannot be scored as a next token"
-        )
-    target = full_ids[len(prompt_ids)]
-    bos = bos_id(tokenizer) if prepend_bos else None
-    if bos is not None:
-        prompt_ids = [bos, *prompt_ids]
-    return prompt_ids, target
-
-
 def encode_batch(
     examples: Sequence[Example], tokenizer, *, prepend_bos: bool = True
 ) -> TokenBatch:
     """Encode examples into one right-padded :class:`TokenBatch`."""
     if not examples:
         raise ValueError("cannot encode an empty batch")
-    encoded = [encode_example(ex, tokenizer, prepend_bos=prepend_bos) for ex in examples]
-    has_bos = prepend_bos and bos_id(tokenizer) is not None
+    # The target is the first answer token of ``prompt + answer`` tokenized together (the
+    # token the model must produce); the suite's own check rejects answers that merge with
+    # the prompt. A whitespace-only target is the suite's concern (validate_answers), not
+    # the encoder's: tokenizers other than the one the suite was checked against may have one.
+    targets = scored_token_ids(examples, tokenizer, allow_whitespace=True)
+    bos = [bos_id(tokenizer)] if prepend_bos and bos_id(tokenizer) is not None else []
+    encoded = [(bos + tokenizer(ex.prompt, add_special_tokens=False)["input_ids"], t)
+               for ex, t in zip(examples, targets, strict=True)]
+    has_bos = bool(bos)
     width = max(len(ids) for ids, _ in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tokens = torch.full((len(encoded), width), pad, dtype=torch.long)

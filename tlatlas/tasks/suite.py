@@ -287,12 +287,14 @@ def validate_answers(
     return _analyse(list(examples), tokenizer, allow_whitespace)[0]
 
 
-def scored_token_ids(examples: Sequence[Example] | Suite, tokenizer: Tokenizer) -> list[int]:
+def scored_token_ids(examples: Sequence[Example] | Suite, tokenizer: Tokenizer, *,
+                     allow_whitespace: bool = False) -> list[int]:
     """The id of each example's first answer token (the scored target), in order.
 
-    Raises ValueError when an example is ill-formed (see ``validate_answers``).
+    Raises ValueError when an example is ill-formed (see ``validate_answers``, whose
+    ``allow_whitespace`` this shares).
     """
-    problems, targets = _analyse(list(examples), tokenizer, allow_whitespace=False)
+    problems, targets = _analyse(list(examples), tokenizer, allow_whitespace)
     if problems:
         shown = "; ".join(f"{p.example.prompt[-40:]!r}+{p.example.answer!r}: {p.reason}"
                           for p in problems[:3])
