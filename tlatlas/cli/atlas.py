@@ -1,0 +1,111 @@
+"""`tlatlas atlas | show | merge`: build, read and merge causal atlases."""
+
+import argparse
+import sys
+
+from tlatlas.cli.common import hub_table, parse_shard, role_table
+
+
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from tlatlas.atlas import AtlasConfig
+    from tlatlas.hubs import hub_summary
+    from tlatlas.models import load_model
+    from tlatlas.pipeline import SuiteSpec, build_atlas
+    from tlatlas.store import save_atlas
+
+    shard = parse_shard(args.shard)
+    config = AtlasConfig(ablation=args.ablation, positions=args.positions,
+                         batch_size=args.batch_size,
+                         method="naive" if args.method == "naive" else "exact",
+                         layers=tuple(args.layers) if args.layers else None)
+    model = load_model(args.model)
+    out = Path(args.out)
+    command = args.command_line
+    rows = []
+    for seed in args.seeds:
+        spec = SuiteSpec(kind=args.suite, seed=seed, per_family=args.per_family,
+                         families=tuple(args.families) if args.families else None, shard=shard)
+        with tqdm(desc=f"atlas seed {seed}", unit="ex", file=sys.stderr) as bar:
+            atlas = build_atlas(model, spec, config, method=args.method, command=command,
+                                on_batch=bar.update)
+        stem = out / (f"seed{seed}" + (f".shard{shard[0]}of{shard[1]}" if shard else ""))
+        paths = save_atlas(atlas, stem)
+        print(f"wrote {paths[1]}  ({atlas.meta.n_examples} examples, "
+              f"{atlas.meta.timings.get('sweep', 0):.1f}s)", file=sys.stderr)
+        # attribution estimates dlogp only (first-order KL is zero at the clean point)
+        metric = "dlogp" if args.method == "attribution" else "kl"
+        rows.append((seed, hub_summary(atlas.sums, metric=metric)))
+    print(f"model {args.model} ({model.fingerprint.short})  suite {args.suite}  "
+          f"ablation {args.ablation}  method {args.method}")
+    hub_table(rows)
+    if config.positions:
+        role_table(atlas.sums, metric)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from tlatlas.hubs import hub_summary
+    from tlatlas.store import find_atlases, load_atlas
+
+    stems = find_atlases(args.dir)
+    if not stems:
+        print(f"tlatlas: error: no *.atlas.json in {args.dir}", file=sys.stderr)
+        return 2
+    atlases = [load_atlas(s) for s in stems]
+    whole = [a for a in atlases if a.meta.shard is None]
+    if not whole:
+        print("only shards here: run `tlatlas merge` first", file=sys.stderr)
+        return 2
+    m = whole[0].meta
+    print(f"model {m.model} ({m.fingerprint.short})  suite {m.suite_kind} "
+          f"{m.suite_hash[:12]}  ablation {m.ablation}  method {m.method}")
+    metric = "dlogp" if m.method == "attribution" and args.metric == "kl" else args.metric
+    rows = [(a.meta.seed, hub_summary(a.sums, metric=metric, component=args.component,
+                                      families=args.families)) for a in whole]
+    hub_table(rows)
+    if whole[0].sums.has_positions:
+        role_table(whole[0].sums, metric)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tlatlas.store import load_atlas, merge_atlases, save_atlas
+
+    merged = merge_atlases([load_atlas(s) for s in args.shards])
+    paths = save_atlas(merged, args.out)
+    print(f"merged {len(args.shards)} shards ({merged.meta.n_examples} examples) -> {paths[1]}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("atlas", help="causal atlas: ablation effects by layer/component/family")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--suite", choices=["synthetic", "nl"], default="synthetic")
+    p.add_argument("--per-family", type=int, default=None)
+    p.add_argument("--families", nargs="+", default=None, help="restrict to these families")
+    p.add_argument("--ablation", choices=["zero", "mean", "resample"], default="zero")
+    p.add_argument("--positions", action="store_true", help="also the position-resolved maps")
+    p.add_argument("--method", choices=["exact", "naive", "attribution"], default="exact")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42])
+    p.add_argument("--layers", type=int, nargs="+", default=None)
+    p.add_argument("--shard", default=None, help="i/n: only this disjoint slice of the suite")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_atlas)
+
+    p = sub.add_parser("show", help="the hub table of the atlases in a directory")
+    p.add_argument("dir")
+    p.add_argument("--metric", choices=["kl", "dlogp", "acc_drop"], default="kl")
+    p.add_argument("--component", choices=["attn", "mlp", "block"], default="block")
+    p.add_argument("--families", nargs="+", default=None,
+                   help="hub over these families only (e.g. the first four: suite breadth)")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("merge", help="merge shards 0..n-1 into the whole-suite atlas")
+    p.add_argument("shards", nargs="+", help="shard stems or .atlas.json files")
+    p.add_argument("--out", required=True, help="output stem, e.g. out/seed42")
+    p.set_defaults(func=cmd_merge)
