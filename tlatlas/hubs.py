@@ -10,7 +10,7 @@
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from tlatlas.atlas import AtlasSums, mean_effect
 
@@ -37,6 +37,14 @@ class HubSummary:
     """Metric the hub is computed on."""
     component: str
     """Component the hub is computed on."""
+
+    def to_dict(self) -> dict:
+        return {"kind": "tlatlas.hub_summary", "format_version": 1, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HubSummary":
+        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**{**fields, "layer_effect": tuple(fields["layer_effect"])})
 
 
 def hub_summary(sums: AtlasSums, *, metric: str = "kl", component: str = "block",

@@ -1,0 +1,1 @@
+"""Steering and quantization blocks (filled in as the steering module lands)."""

@@ -1,0 +1,225 @@
+"""The experiment orchestrator: every block for a model, a dry run, and a registry of results.
+
+    python -m experiments.run --model smollm2-135m --blocks all --size smoke
+    python -m experiments.run --model smollm2-135m --blocks all --size smoke --dry-run
+    python -m experiments.run --models smollm2-135m gemma3-270m --blocks hub-compare,steer-transfer
+
+One result per block × model × seed (DESIGN §6). The driver alone writes results and
+registry lines: a task returns its record, and :func:`commit` writes the file atomically,
+then appends its registry line. A rerun skips results whose provenance (weights, seed,
+size, parameters, suite hash, code version) matches, and re-adds a registry line that a
+crash between the two writes left out; ``--force`` recomputes. A block that raises is
+recorded as failed with its traceback and the others go on; the exit status is 1 when any
+block failed.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiments.blocks import SIZES, Block, select_blocks
+from experiments.context import BlockContext, suite_hash
+from experiments.records import (
+    Provenance,
+    ResultKey,
+    code_version,
+    file_sha256,
+    make_record,
+    read_record,
+    reusable,
+    write_record,
+)
+from experiments.registry import append_line
+
+DEFAULT_SEEDS = {"smoke": (42,), "small": (42, 137, 256), "full": (42, 137, 256)}
+"""Seeds per size when ``--seeds`` is not given."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """One block × model(s) × seed, planned."""
+
+    block: Block
+    """The block."""
+    models: tuple[str, ...]
+    """Its model(s)."""
+    key: ResultKey
+    """Where its result lives."""
+    prov: Provenance | None
+    """What a cached result must match (None when the task cannot run)."""
+    action: str
+    """``run``, ``cached`` or ``skip``."""
+    reason: str = ""
+    """Why it is skipped or redone."""
+
+
+def _weights_sha(name: str) -> str:
+    from tlatlas.models import resolve_source, weights_sha256
+
+    return weights_sha256(resolve_source(name)[1])
+
+
+def plan(blocks: Sequence[Block], models: Sequence[str], seeds: Sequence[int], size: str,
+         root: Path, *, force: bool = False) -> list[Task]:
+    """Every task, and whether it would run, reuse a cached result, or be skipped."""
+    tasks: list[Task] = []
+    shas = {m: _weights_sha(m) for m in models}
+    version = code_version()
+    for block in blocks:
+        groups = [tuple(models)] if block.models == 2 else [(m,) for m in models]
+        for group in groups:
+            for seed in (seeds if block.seeded else seeds[:1]):
+                key = ResultKey(block=block.id, model="+".join(group[: block.models]),
+                                seed=seed, size=size)
+                if len(group) < block.models:
+                    tasks.append(Task(block=block, models=group, key=key, prov=None,
+                                      action="skip", reason="needs two models: --models A B"))
+                    continue
+                group = group[: block.models]
+                params = dict(block.params[size])
+                prov = Provenance(weights_sha256=tuple(shas[m] for m in group),
+                                  suite_hash=suite_hash(params, seed), code_version=version,
+                                  params=params)
+                cached = read_record(root, key)
+                if not force and reusable(cached, prov):
+                    tasks.append(Task(block=block, models=group, key=key, prov=prov,
+                                      action="cached"))
+                    continue
+                why = ("--force" if force and cached else "no result yet" if cached is None
+                       else "previous run failed" if cached.get("status") != "ok"
+                       else "provenance changed (weights, suite, params or code)")
+                tasks.append(Task(block=block, models=group, key=key, prov=prov, action="run",
+                                  reason=why))
+    return tasks
+
+
+def run_task(task: Task, root: Path, command: str,
+             say: Callable[[str], None] = lambda _: None) -> dict:
+    """Run one block and return its record; never raises for a failing block."""
+    assert task.prov is not None
+    ctx = BlockContext(models=task.models, seed=task.key.seed, size=task.key.size,
+                       params=dict(task.prov.params), root=root,
+                       code_version=task.prov.code_version, say=say)
+    started = time.time()
+    try:
+        value, status, error = task.block.run(ctx), "ok", None
+        value = {**value, "artifacts": list(ctx.artifacts)}
+    except Exception:  # a failing block is recorded; the others go on
+        value, status, error = None, "failed", traceback.format_exc()
+    fingerprints = [ctx.fingerprints[m] for m in task.models if m in ctx.fingerprints] or None
+    return make_record(task.key, task.prov, status=status, value=value, error=error,
+                       started=started, finished=time.time(), command=command,
+                       fingerprints=fingerprints)
+
+
+def register(root: Path, key: ResultKey, path: Path, status: str) -> bool:
+    """Append the registry line of the result at ``path`` (no-op when it is already there)."""
+    record = read_record(root, key) or {}
+    return append_line(root, {
+        "path": key.relpath, "sha256": file_sha256(path), "block": key.block,
+        "model": key.model, "seed": key.seed, "size": key.size, "status": status,
+        "suite_hash": record.get("suite_hash"), "code_version": record.get("code_version"),
+        "finished": record.get("finished"),
+    })
+
+
+def commit(root: Path, task: Task, record: dict) -> Path:
+    """Write the result atomically, then its registry line (the driver is the only writer)."""
+    path = write_record(root, task.key, record)
+    register(root, task.key, path, record["status"])
+    return path
+
+
+def _print_plan(tasks: list[Task]) -> None:
+    print(f"{'#':>3} {'block':22} {'prio':>4} {'model':24} {'seed':>5} {'est.':>7}  action")
+    total = 0.0
+    for i, t in enumerate(tasks, 1):
+        est = t.block.cost[t.key.size].seconds
+        total += est if t.action == "run" else 0.0
+        note = t.action + (f" ({t.reason})" if t.reason else "")
+        print(f"{i:>3} {t.block.id:22} {t.block.priority:>4} {t.key.model[:24]:24} "
+              f"{t.key.seed:>5} {est:>6.0f}s  {note}")
+    n_run = sum(t.action == "run" for t in tasks)
+    print(f"{n_run} to run, {sum(t.action == 'cached' for t in tasks)} cached, "
+          f"{sum(t.action == 'skip' for t in tasks)} skipped; estimated {total / 60:.1f} min "
+          f"(2-core CPU, 135M model; scale with model size)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.split("\n")[0])
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--model", default=None, help="one model (default smollm2-135m)")
+    who.add_argument("--models", nargs="+", default=None, help="several models (A B for pairs)")
+    p.add_argument("--blocks", default="all", help="all, or a comma list of block ids")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="suite seeds (default: 42 for smoke, 42 137 256 otherwise)")
+    p.add_argument("--size", choices=SIZES, default="smoke")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; run and write nothing")
+    p.add_argument("--force", action="store_true", help="recompute cached results")
+    p.add_argument("--root", default="experiments", help="results, registry and artifacts root")
+    p.add_argument("--list", action="store_true", help="list the blocks and their questions")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    command = "python -m experiments.run " + shlex.join(argv)
+    from tlatlas.errors import TlatlasError
+
+    try:
+        blocks = select_blocks(args.blocks)
+    except KeyError as err:
+        print(f"experiments.run: error: {err.args[0]}", file=sys.stderr)
+        return 2
+    if args.list:
+        for b in blocks:
+            print(f"{b.id:22} p{b.priority:<3} {b.question}")
+        return 0
+    models = args.models or [args.model or "smollm2-135m"]
+    seeds = args.seeds or list(DEFAULT_SEEDS[args.size])
+    root = Path(args.root)
+    try:
+        tasks = plan(blocks, models, seeds, args.size, root, force=args.force)
+    except TlatlasError as err:
+        print(f"experiments.run: error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        _print_plan(tasks)
+        return 0
+    todo = [t for t in tasks if t.action != "skip"]
+    failed = []
+    for i, task in enumerate(todo, 1):
+        head = f"[{i}/{len(todo)}] {task.key.label()}"
+        path = root / task.key.relpath
+        if task.action == "cached":
+            register(root, task.key, path, "ok")  # re-adds a line a crash left out
+            print(f"{head}: cached", file=sys.stderr)
+            continue
+        print(f"{head}: running ({task.reason})", file=sys.stderr, flush=True)
+        record = run_task(task, root, command,
+                          say=lambda m, h=head: print(f"{h}:   {m}", file=sys.stderr, flush=True))
+        path = commit(root, task, record)
+        if record["status"] == "failed":
+            failed.append(task)
+            last = record["error"].strip().splitlines()[-1]
+            print(f"{head}: FAILED in {record['wall_s']:.0f}s: {last}", file=sys.stderr)
+        else:
+            print(f"{head}: done in {record['wall_s']:.0f}s -> {path}", file=sys.stderr)
+    for t in tasks:
+        if t.action == "skip":
+            print(f"skipped {t.key.label()}: {t.reason}", file=sys.stderr)
+    print(f"{len(todo) - len(failed)} of {len(todo)} results ok"
+          + (f"; failed: {', '.join(t.key.label() for t in failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The orchestrator: dry run, failures, crash-resume, the registry's guarantees, claims."""
+
+import importlib
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import registry as reg
+from experiments import run as runner
+from experiments.claims import write_claims
+from experiments.records import ResultKey, read_record
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS = Path(__file__).parent / "plugins"
+TEST_BLOCKS = "experiment_test_blocks"
+
+
+@pytest.fixture(autouse=True)
+def _test_blocks(monkeypatch):
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    importlib.import_module(TEST_BLOCKS)  # registers the t-* blocks once per process
+
+
+@pytest.fixture
+def marks(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "marks.txt"
+    monkeypatch.setenv("TLATLAS_TEST_MARKS", str(path))
+    return path
+
+
+def _marks(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _env(marks: Path, **extra) -> dict:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{PLUGINS}",
+           "TLATLAS_EXPERIMENT_PLUGINS": TEST_BLOCKS, "TLATLAS_TEST_MARKS": str(marks),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.update(extra)
+    return env
+
+
+def _run_cli(model, root, blocks, marks, **env):
+    cmd = [sys.executable, "-m", "experiments.run", "--model", str(model), "--blocks", blocks,
+           "--root", str(root)]
+    return subprocess.Popen(cmd, cwd=REPO, env=_env(marks, **env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_dry_run_executes_and_writes_nothing(tiny_dirs, tmp_path, marks, capsys):
+    root = tmp_path / "exp"
+    code = runner.main(["--model", str(tiny_dirs["llama"]), "--blocks", "all", "--dry-run",
+                        "--root", str(root)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert _files(root) == [] and _marks(marks) == []
+    for block in ("hub-replication", "lora-strategies", "t-fast-a", "t-fail"):
+        assert block in out
+    assert re.search(r"hub-compare .* skip \(needs two models", out)
+    assert "to run, 0 cached" in out
+
+
+def test_failing_block_is_recorded_and_the_rest_complete(tiny_dirs, tmp_path, marks, capsys):
+    root = tmp_path / "exp"
+    model = str(tiny_dirs["llama"])
+    code = runner.main(["--model", model, "--blocks", "t-fast-a,t-fail,t-fast-c",
+                        "--root", str(root)])
+    assert code == 1  # a block failed
+    assert _marks(marks) == ["t-fast-a 42", "t-fail 42", "t-fast-c 42"]
+    failed = read_record(root, ResultKey(block="t-fail", model=model, seed=42, size="smoke"))
+    assert failed["status"] == "failed" and "boom" in failed["error"] and failed["value"] is None
+    for block in ("t-fast-a", "t-fast-c"):
+        r = read_record(root, ResultKey(block=block, model=model, seed=42, size="smoke"))
+        assert r["status"] == "ok" and r["value"]["double_seed"] == 84
+        assert r["value"]["n_examples"] == 1
+    lines = reg.read_lines(root)
+    assert sorted((x["block"], x["status"]) for x in lines) == [
+        ("t-fail", "failed"), ("t-fast-a", "ok"), ("t-fast-c", "ok")]
+    # a rerun reuses the two good results and retries only the failed block
+    code = runner.main(["--model", model, "--blocks", "t-fast-a,t-fail,t-fast-c",
+                        "--root", str(root)])
+    assert code == 1 and _marks(marks)[3:] == ["t-fail 42"]
+    assert "cached" in capsys.readouterr().err
+
+
+def test_sigkill_mid_block_then_rerun_finishes_without_duplicates(tiny_dirs, tmp_path, marks):
+    root, model = tmp_path / "exp", str(tiny_dirs["llama"])
+    blocks = "t-fast-a,t-slow,t-fast-c"
+    proc = _run_cli(model, root, blocks, marks, TLATLAS_TEST_SLEEP="120")
+    deadline = time.time() + 120
+    while "t-slow started 42" not in _marks(marks):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "runner never reached the slow block"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [x["block"] for x in reg.read_lines(root)] == ["t-fast-a"]
+    assert not (root / ResultKey(block="t-slow", model=model, seed=42, size="smoke").relpath).exists()
+
+    proc = _run_cli(model, root, blocks, marks, TLATLAS_TEST_SLEEP="0")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    lines = reg.read_lines(root)
+    assert sorted(x["block"] for x in lines) == ["t-fast-a", "t-fast-c", "t-slow"]
+    assert len({x["path"] for x in lines}) == 3 and reg.check(root).ok
+    assert _marks(marks).count("t-fast-a 42") == 1  # not recomputed
+
+
+def test_rerun_restores_a_registry_line_lost_between_the_two_writes(tiny_dirs, tmp_path, marks):
+    root, model = tmp_path / "exp", str(tiny_dirs["llama"])
+    assert runner.main(["--model", model, "--blocks", "t-fast-a,t-fast-c", "--root", str(root)]) == 0
+    path = reg.registry_path(root)
+    first, second = path.read_text().splitlines()
+    path.write_text(first + "\n")  # as if killed after writing the result, before its line
+    assert runner.main(["--model", model, "--blocks", "t-fast-a,t-fast-c", "--root", str(root)]) == 0
+    assert sorted(path.read_text().splitlines()) == sorted([first, second])
+    assert len(_marks(marks)) == 2  # nothing recomputed
+
+
+def _append_many(root: str, writer: int, n: int) -> None:
+    for i in range(n):
+        reg.append_line(Path(root), {"path": f"results/w{writer}/{i}.json", "sha256": "x" * 64,
+                                     "payload": "y" * 2000})
+
+
+def test_two_writers_at_once_leave_every_line_intact(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(tmp_path), w, 40)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    lines = reg.read_lines(tmp_path)
+    assert len(lines) == 80 and len({x["path"] for x in lines}) == 80
+    assert reg.check(tmp_path).ok
+
+
+def test_torn_last_line_is_detected_reported_and_repaired_only_on_request(tmp_path):
+    reg.append_line(tmp_path, {"path": "results/a.json", "sha256": "a"})
+    path = reg.registry_path(tmp_path)
+    with open(path, "ab") as fh:
+        fh.write(b'{"path": "results/b.json", "sha')  # a crash mid-write
+    c = reg.check(tmp_path)
+    assert c.torn_last_line and c.n_lines == 1 and not c.ok
+    with pytest.raises(reg.TornRegistryError, match="torn"):
+        reg.append_line(tmp_path, {"path": "results/c.json", "sha256": "c"})
+    out = subprocess.run([sys.executable, "-m", "experiments.registry", "check", "--root",
+                          str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 1 and "TORN" in out.stdout
+    assert path.read_bytes().endswith(b'"sha')  # check changed nothing
+    backup = reg.repair(tmp_path)
+    assert backup.read_bytes().endswith(b'"sha') and reg.check(tmp_path).ok
+    assert reg.append_line(tmp_path, {"path": "results/c.json", "sha256": "c"})
+    assert [x["path"] for x in reg.read_lines(tmp_path)] == ["results/a.json", "results/c.json"]
+
+
+def test_changed_suite_hash_or_code_version_invalidates_a_cached_result(
+        tiny_dirs, tmp_path, marks, monkeypatch):
+    root, model = tmp_path / "exp", str(tiny_dirs["llama"])
+    blocks = [b for b in runner.select_blocks("t-fast-a")]
+
+    def actions():
+        return [(t.action, t.reason) for t in runner.plan(blocks, [model], [42], "smoke", root)]
+
+    assert runner.main(["--model", model, "--blocks", "t-fast-a", "--root", str(root)]) == 0
+    assert actions() == [("cached", "")]
+    assert runner.plan(blocks, [model], [42], "smoke", root, force=True)[0].action == "run"
+    assert runner.plan(blocks, [model], [137], "smoke", root)[0].action == "run"  # other seed
+    with monkeypatch.context() as m:
+        m.setattr(runner, "suite_hash", lambda params, seed: "another-suite")
+        assert actions() == [("run", "provenance changed (weights, suite, params or code)")]
+    with monkeypatch.context() as m:
+        m.setattr(runner, "code_version", lambda: "0.1.0+changed")
+        assert actions()[0][0] == "run"
+    assert actions() == [("cached", "")]
+
+
+def test_real_blocks_on_a_tiny_model_and_claims_cite_existing_results(tiny_dirs, tmp_path, marks):
+    root, model = tmp_path / "exp", str(tiny_dirs["llama"])
+    code = runner.main(["--model", model, "--blocks", "hub-replication,suite-breadth,t-fast-a",
+                        "--seeds", "42", "137", "--root", str(root)])
+    assert code == 0
+    hub = read_record(root, ResultKey(block="hub-replication", model=model, seed=42, size="smoke"))
+    v = hub["value"]
+    assert v["n_layers"] == 3 and v["n_examples"] == 12
+    assert 0 <= v["kl"]["hub_layer"] < 3 and v["kl"]["hub_effect"] >= v["kl"]["least_effect"]
+    assert hub["fingerprints"][0]["n_layers"] == 3 and hub["value"]["artifacts"]
+    other = read_record(root, ResultKey(block="hub-replication", model=model, seed=137,
+                                        size="smoke"))
+    assert other["suite_hash"] != hub["suite_hash"]  # seeds resample the suite
+
+    paths = write_claims(root)
+    cited = []
+    for path in paths.values():
+        text = path.read_text()
+        cited += re.findall(r"`(results/[^`]+\.json)`", text)
+    assert cited and all((root / c).is_file() for c in cited)
+    claims = paths["claim"].read_text()
+    assert f"is L{v['kl']['hub_layer']} of 3" in claims
+    assert "t-fast-a doubled seed 137 to 274" in claims
+    # a result that is removed takes its statements with it
+    (root / ResultKey(block="t-fast-a", model=model, seed=137, size="smoke").relpath).unlink()
+    assert "seed 137 to 274" not in write_claims(root)["claim"].read_text()
+    assert json.loads((root / hub["value"]["artifacts"][0]).read_text())["meta"]["seed"] == 42
