@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "tlatlas.cli.core",
     "tlatlas.cli.atlas",
     "tlatlas.cli.lora",
+    "tlatlas.cli.report",
 )
 
 
