@@ -11,6 +11,14 @@ from tlatlas.atlas import (
     compute_atlas_sums,
     reference_stats,
 )
+from tlatlas.distributed import (
+    DistContext,
+    all_reduce_role_stats,
+    all_reduce_sums,
+    collective_step,
+    fault_hook,
+    max_over_ranks,
+)
 from tlatlas.models import LoadedModel
 from tlatlas.store import Atlas, AtlasMeta
 from tlatlas.tasks import build_suite
@@ -49,17 +57,27 @@ def build_atlas(
     method: str | None = None,
     command: str = "",
     on_batch: Callable[[int], None] | None = None,
+    dist: DistContext | None = None,
 ) -> Atlas:
     """Compute the atlas of ``model`` on the suite ``spec`` describes.
 
     ``method`` overrides ``config.method`` and also accepts ``attribution`` (the
     gradient estimate of :mod:`tlatlas.attribution`).
+
+    ``dist`` (a joined process group, :mod:`tlatlas.distributed`): call on every rank;
+    each scores the slice ``(rank, world_size)`` of the suite and of the reference set,
+    reference sums are all-reduced before the sweep and atlas sums after it, and every
+    rank returns the whole-suite atlas. A rank that raises makes every rank raise
+    :class:`~tlatlas.distributed.RankFailedError`.
     """
+    if dist is not None and spec.shard is not None:
+        raise ValueError("a distributed run shards by rank; do not also give a shard")
+    part = dist.shard if dist is not None else spec.shard
     method = method or config.method
     timings: dict[str, float] = {}
     suite = build_suite(spec.kind, seed=spec.seed, per_family=spec.per_family,
                         families=list(spec.families) if spec.families else None)
-    scored = suite.shard(*spec.shard) if spec.shard else suite
+    scored = suite.shard(*part) if part else suite
     layers = check_layers(model, config.layers)
     means, ref_hash = None, None
     if config.ablation == "mean":
@@ -67,24 +85,49 @@ def build_atlas(
         ref = build_suite(spec.kind, seed=spec.seed + REFERENCE_SEED_OFFSET,
                           per_family=spec.reference_per_family, families=list(suite.families))
         value_hooks, _ = atlas_hook_names(layers, config.positions)
-        means = reference_stats(model, list(ref), value_hooks, batch_size=config.batch_size)
+        ref_part = ref.shard(*dist.shard) if dist is not None else ref
+        with collective_step(dist, "reference statistics"):
+            means = reference_stats(model, list(ref_part), value_hooks,
+                                    batch_size=config.batch_size)
+        if dist is not None:  # every rank ablates with the means of the whole reference set
+            means = all_reduce_role_stats(means, dist)
         ref_hash = ref.content_hash
         timings["reference"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if method == "attribution":
-        from tlatlas.attribution import attribution_sums
+    on_batch = _chain(on_batch, fault_hook(dist))
+    with collective_step(dist, "atlas sweep"):
+        if method == "attribution":
+            from tlatlas.attribution import attribution_sums
 
-        sums = attribution_sums(model, list(scored), ablation=config.ablation, means=means,
-                                batch_size=config.batch_size, positions=config.positions,
-                                layers=layers, families=suite.families, on_batch=on_batch)
-    else:
-        sums = compute_atlas_sums(model, list(scored), replace(config, method=method),
-                                  families=suite.families, means=means, on_batch=on_batch)
+            sums = attribution_sums(model, list(scored), ablation=config.ablation, means=means,
+                                    batch_size=config.batch_size, positions=config.positions,
+                                    layers=layers, families=suite.families, on_batch=on_batch)
+        else:
+            sums = compute_atlas_sums(model, list(scored), replace(config, method=method),
+                                      families=suite.families, means=means, on_batch=on_batch)
     timings["sweep"] = time.perf_counter() - t0
+    if dist is not None:
+        t0 = time.perf_counter()
+        sums = all_reduce_sums(sums, dist)
+        timings["reduce"] = time.perf_counter() - t0
+        timings = max_over_ranks(timings, dist)  # wall time is the slowest rank's
     meta = AtlasMeta(
         model=model.name, fingerprint=model.fingerprint, suite_kind=spec.kind,
         suite_hash=suite.content_hash, seed=spec.seed, ablation=config.ablation, method=method,
-        n_examples=len(scored), shard=spec.shard, reference_hash=ref_hash, command=command,
-        timings=timings,
+        n_examples=len(suite) if dist is not None else len(scored), shard=spec.shard,
+        reference_hash=ref_hash, command=command, timings=timings,
+        world_size=dist.world_size if dist is not None else 1,
     )
     return Atlas(sums=sums, meta=meta)
+
+
+def _chain(*callbacks: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    present = [c for c in callbacks if c is not None]
+    if len(present) < 2:
+        return present[0] if present else None
+
+    def both(n: int) -> None:
+        for c in present:
+            c(n)
+
+    return both

@@ -59,6 +59,9 @@ class AtlasMeta:
     """Command line that produced the atlas."""
     timings: dict[str, float] = field(default_factory=dict)
     """Wall-clock seconds of each stage."""
+    world_size: int = 1
+    """Processes that computed it together (torchrun ranks); 1 for a single process.
+    Added without a format bump: files written before it load with the default."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

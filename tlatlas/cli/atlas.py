@@ -7,38 +7,71 @@ from tlatlas.cli.common import hub_table, parse_shard, role_table
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
+    from tlatlas.distributed import RankFailedError, env_context, process_group
+
+    dist = env_context()  # set when launched by torchrun
+    if dist is None:
+        return _atlas(args, None)
+    if args.shard is not None:
+        raise SystemExit("tlatlas: error: under torchrun each rank takes its own shard; "
+                         "drop --shard")
+    import torch.distributed
+
+    with process_group(dist):
+        try:
+            return _atlas(args, dist)
+        except RankFailedError as err:
+            if dist.is_primary:  # every rank holds the same error; rank 0 alone prints it
+                print(f"tlatlas: error: {err}", file=sys.stderr)
+            # no rank exits (and has torchrun stop the others) before rank 0 has printed
+            torch.distributed.barrier()
+            return 2
+
+
+def _atlas(args: argparse.Namespace, dist) -> int:
+    """Build and write the atlas of each seed; under torchrun rank 0 alone writes and prints."""
     from pathlib import Path
 
     from tqdm import tqdm
 
     from tlatlas.atlas import AtlasConfig
+    from tlatlas.distributed import collective_step
     from tlatlas.hubs import hub_summary
     from tlatlas.models import load_model
     from tlatlas.pipeline import SuiteSpec, build_atlas
     from tlatlas.store import save_atlas
 
+    primary = dist is None or dist.is_primary
     shard = parse_shard(args.shard)
     config = AtlasConfig(ablation=args.ablation, positions=args.positions,
                          batch_size=args.batch_size,
                          method="naive" if args.method == "naive" else "exact",
                          layers=tuple(args.layers) if args.layers else None)
-    model = load_model(args.model)
+    with collective_step(dist, "loading the model"):
+        model = load_model(args.model, device=dist.device if dist is not None else None)
     out = Path(args.out)
     command = args.command_line
     rows = []
     for seed in args.seeds:
         spec = SuiteSpec(kind=args.suite, seed=seed, per_family=args.per_family,
                          families=tuple(args.families) if args.families else None, shard=shard)
-        with tqdm(desc=f"atlas seed {seed}", unit="ex", file=sys.stderr) as bar:
+        with tqdm(desc=f"atlas seed {seed}", unit="ex", file=sys.stderr,
+                  disable=not primary) as bar:
             atlas = build_atlas(model, spec, config, method=args.method, command=command,
-                                on_batch=bar.update)
-        stem = out / (f"seed{seed}" + (f".shard{shard[0]}of{shard[1]}" if shard else ""))
-        paths = save_atlas(atlas, stem)
-        print(f"wrote {paths[1]}  ({atlas.meta.n_examples} examples, "
-              f"{atlas.meta.timings.get('sweep', 0):.1f}s)", file=sys.stderr)
+                                on_batch=bar.update, dist=dist)
         # attribution estimates dlogp only (first-order KL is zero at the clean point)
         metric = "dlogp" if args.method == "attribution" else "kl"
+        stem = out / (f"seed{seed}" + (f".shard{shard[0]}of{shard[1]}" if shard else ""))
+        with collective_step(dist, "writing the atlas"):  # every rank learns if it failed
+            paths = save_atlas(atlas, stem) if primary else None
+        if not primary:
+            continue  # every rank holds the reduced atlas; only rank 0 writes it
+        ranks = f", {dist.world_size} ranks" if dist is not None else ""
+        print(f"wrote {paths[1]}  ({atlas.meta.n_examples} examples, "
+              f"{atlas.meta.timings.get('sweep', 0):.1f}s{ranks})", file=sys.stderr)
         rows.append((seed, hub_summary(atlas.sums, metric=metric)))
+    if not primary:
+        return 0
     print(f"model {args.model} ({model.fingerprint.short})  suite {args.suite}  "
           f"ablation {args.ablation}  method {args.method}")
     hub_table(rows)
