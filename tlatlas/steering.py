@@ -25,6 +25,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tlatlas.ablation import HookFn, hooks_attached
+from tlatlas.atlas import check_layers, family_batches
 from tlatlas.errors import TlatlasError
 from tlatlas.forward import clean_run, run_from_layer
 from tlatlas.metrics import effects
@@ -175,8 +176,6 @@ class SteeringVectors:
 
 
 def _check_layers(model: LoadedModel, layers: Sequence[int] | None) -> tuple[int, ...]:
-    from tlatlas.atlas import check_layers
-
     return check_layers(model, layers)
 
 
@@ -442,8 +441,8 @@ def steering_sweep(
     }
     dev = model.device
     start = time.perf_counter()
-    for first in range(0, len(examples), config.batch_size):
-        batch = encode_batch(examples[first:first + config.batch_size], model.tokenizer)
+    for exs in family_batches(examples, config.batch_size):  # one family per batch: less padding
+        batch = encode_batch(exs, model.tokenizer)
         b = len(batch)
         clean = clean_run(model, batch.tokens.to(dev), batch.scored_pos,
                           [resid_hook(layer) for layer in layers])

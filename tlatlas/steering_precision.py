@@ -1,0 +1,151 @@
+"""The same steering vectors on copies of a model in other precisions (issue 5, step 3).
+
+Vectors always come from the full-precision model; each row of the result applies them
+to one copy: ``fp32``, ``bf16``, ``fp16`` (CUDA only), and bitsandbytes copies with
+explicit settings (``nf4-fp32`` and ``nf4-bf16`` are separate rows, so a dtype effect can
+be told apart from a quantization effect; ``int8`` is LLM.int8). One copy is resident at
+a time: each is freed before the next loads. Each row also records the time of a clean
+forward pass over the same prompts, for the slowdown relative to fp32.
+"""
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from tlatlas.atlas import family_batches
+from tlatlas.errors import TlatlasError
+from tlatlas.models import LoadedModel, default_device, load_model
+from tlatlas.steering import SteeringVectors, steering_sweep
+from tlatlas.steering_result import SteeringConfig, SteeringResult, examples_hash
+from tlatlas.tasks import Example
+from tlatlas.tokens import encode_batch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_PRECISIONS = ("fp32", "bf16", "nf4-fp32", "nf4-bf16", "int8")
+
+
+class PrecisionUnavailableError(TlatlasError):
+    """A precision this machine cannot run (fp16 on CPU, bitsandbytes missing ...)."""
+
+
+def normalise_precision(label: str) -> str:
+    """Canonical label: ``nf4`` -> ``nf4-fp32``; unknown labels are a clear error."""
+    from bridges.quant import parse_precision
+
+    if label in DTYPES:
+        return label
+    try:
+        return parse_precision(label).label  # type: ignore[union-attr]
+    except ValueError as err:
+        raise PrecisionUnavailableError(
+            f"unknown precision {label!r}; choose from fp32, bf16, fp16, nf4-fp32, nf4-bf16, "
+            "int8") from err
+
+
+def check_precision(label: str, device: torch.device | str | None = None) -> str:
+    """Raise PrecisionUnavailableError unless ``label`` runs on ``device``; returns the label."""
+    label = normalise_precision(label)
+    dev = torch.device(device) if device is not None else default_device()
+    if label == "fp16" and dev.type != "cuda":
+        raise PrecisionUnavailableError(
+            f"fp16 runs only on CUDA here (device is {dev.type}); use fp32 or bf16 on CPU")
+    if label == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise PrecisionUnavailableError("this GPU does not support bf16; use fp16 or fp32")
+    if label not in DTYPES:
+        from bridges.quant import QuantizationUnavailableError, _check, parse_precision
+
+        spec = parse_precision(label)
+        try:
+            _check(dev)
+        except QuantizationUnavailableError as err:
+            raise PrecisionUnavailableError(f"{label}: {err}") from err
+        if dev.type == "cpu" and spec is not None and spec.compute == "fp16":
+            raise PrecisionUnavailableError(f"{label}: fp16 compute runs only on CUDA here")
+    return label
+
+
+def load_precision(source, label: str, *, device: torch.device | str | None = None) -> LoadedModel:
+    """A copy of ``source`` in precision ``label`` (checked first)."""
+    label = check_precision(label, device)
+    if label in DTYPES:
+        return load_model(source, device=device, dtype=DTYPES[label])
+    from bridges.quant import load_quantized_model, parse_precision
+
+    return load_quantized_model(source, parse_precision(label), device=device)
+
+
+def time_forward(model: LoadedModel, examples: Sequence[Example], *, batch_size: int = 8,
+                 repeats: int = 3) -> float:
+    """Median seconds of one clean forward pass over ``examples`` (after one warm-up batch)."""
+    batches = [encode_batch(exs, model.tokenizer).tokens.to(model.device)
+               for exs in family_batches(list(examples), batch_size)]
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode():
+        model.hf_model(batches[0])
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            for tokens in batches:
+                model.hf_model(tokens)
+            sync()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def free_model() -> None:
+    """Collect a dropped model now (the bridge holds reference cycles) and empty CUDA's cache."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def precision_sweep(
+    source,
+    examples: Sequence[Example],
+    vectors: SteeringVectors,
+    config: SteeringConfig,
+    precisions: Sequence[str] = DEFAULT_PRECISIONS,
+    *,
+    device: torch.device | str | None = None,
+    timing_repeats: int = 3,
+    loader: Callable[[object, str], LoadedModel] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    on_precision: Callable[[str], None] | None = None,
+    command: str = "",
+) -> SteeringResult:
+    """Sweep the same vectors on each precision copy of ``source``, one copy at a time.
+
+    Every precision is checked before any work starts, so an unavailable one fails fast.
+    ``loader(source, label)`` defaults to :func:`load_precision`.
+    """
+    labels = [check_precision(p, device) for p in precisions]
+    if len(set(labels)) != len(labels):
+        raise PrecisionUnavailableError(f"precisions repeat: {labels}")
+    load = loader or (lambda src, label: load_precision(src, label, device=device))
+    suite_hash, kind, seed = examples_hash(examples), getattr(examples, "kind", ""), \
+        getattr(examples, "seed", None)
+    examples = list(examples)
+    rows = []
+    for label in labels:
+        if on_precision is not None:
+            on_precision(label)
+        model = load(source, label)
+        try:
+            row = steering_sweep(model, examples, vectors, config, on_batch=on_batch,
+                                 command=command)
+            seconds = time_forward(model, examples, batch_size=config.batch_size,
+                                   repeats=timing_repeats)
+        finally:
+            del model
+            free_model()
+        row.tensors["forward_s"][0] = seconds
+        rows.append(row)
+    result = SteeringResult.stack(rows)
+    from dataclasses import replace
+
+    meta = replace(result.meta, suite_hash=suite_hash, suite_kind=kind, seed=seed)
+    return replace(result, meta=meta)
