@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "tlatlas.cli.atlas",
     "tlatlas.cli.lora",
     "tlatlas.cli.report",
+    "tlatlas.cli.steer",
 )
 
 
