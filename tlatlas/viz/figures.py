@@ -143,7 +143,7 @@ def hub_per_seed(spread: SeedSpread, *, n_layers: int | None = None) -> Figure:
         ax.annotate(f"{a:.0%}", (xi, h), textcoords="offset points", xytext=(0, 8),
                     ha="center", fontsize=8)
     ax.legend(loc="best", fontsize=8)
-    ax.set_title(f"hub per seed (std {spread.std:.2f}; labels: family agreement)")
+    ax.set_title(f"hub per seed, std {spread.std:.2f}\n(labels: family agreement)", fontsize=10)
     return fig
 
 

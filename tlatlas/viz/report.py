@@ -124,7 +124,14 @@ def render_report(sections: Sequence[Section], *, title: str = REPORT_TITLE,
 def write_report(path: str | os.PathLike[str], page: str) -> Path:
     """Write the page atomically; returns the path."""
     path = Path(path)
-    atomic_write(path, lambda p: Path(p).write_text(page, encoding="utf-8"))
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(page, encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a page to share: the usual file mode, not mkstemp's 0600
+
+    atomic_write(path, write)
     return path
 
 
@@ -230,7 +237,8 @@ def result_sections(path: Path, doc: Mapping[str, Any], *, root: Path) -> list[S
         fig = lora_pareto(rows, key=key)
         table = table_html(rows, [key, "family", "seed", "trainable_params", "heldout_loss_before",
                                   "heldout_loss_after", "exact_match_after"])
-        title = f"LoRA {'strategies' if key == 'strategy' else 'module sets'}: {path.stem}"
+        title = (f"LoRA {'strategies' if key == 'strategy' else 'module sets'}: loss vs trainable "
+                 f"parameters (Pareto), {path.stem}")
     else:
         cols = list(rows[0])[:8]
         return [Section(title=f"rows: {path.stem}", body=table_html(rows, cols), provenance=prov)]
@@ -278,6 +286,7 @@ def report_sections(run_dir: str | os.PathLike[str], *,
         maps = position_maps_for(min(whole, key=lambda a: a.meta.seed)) \
             if position_maps_for is not None and whole else ()
         label = "atlas " + (str(directory.relative_to(root)) if directory != root else root.name)
+        label = label if not label.endswith(" atlas") else "atlas"
         sections += atlas_sections(atlases, position_maps=maps or (), label=label)
     sections += steering_sections(root)
     records = []
