@@ -15,7 +15,7 @@
 """
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -230,7 +230,7 @@ def prompt_sums(
 
 def steering_sums(
     model: LoadedModel,
-    examples: Sequence[Example],
+    examples: Iterable[Example],
     *,
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
@@ -238,6 +238,7 @@ def steering_sums(
     on_batch: Callable[[int], None] | None = None,
 ) -> SteeringSums:
     """Per-family raw sums over a suite (the part ranks all-reduce)."""
+    examples = list(examples)
     return prompt_sums(model, [e.family for e in examples], [e.prompt for e in examples],
                        layers=layers, batch_size=batch_size, group_names=families,
                        on_batch=on_batch)
@@ -285,7 +286,7 @@ def contrast_from_sums(sums: SteeringSums, *, positive: str = "positive",
 
 def steering_vectors(
     model: LoadedModel,
-    examples: Sequence[Example],
+    examples: Iterable[Example],
     *,
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
@@ -294,6 +295,7 @@ def steering_vectors(
     """Difference-of-means steering vectors of every family in ``examples`` (DESIGN §5)."""
     from tlatlas.tasks.suite import _canonical_order
 
+    examples = list(examples)
     families = _canonical_order([e.family for e in examples])
     return vectors_from_sums(steering_sums(model, examples, layers=layers, batch_size=batch_size,
                                            families=families, on_batch=on_batch))
@@ -395,7 +397,7 @@ def _steered_logits(model: LoadedModel, method: str, layer: int, batch, clean, m
 
 def steering_sweep(
     model: LoadedModel,
-    examples: Sequence[Example],
+    examples: Iterable[Example],
     vectors: SteeringVectors,
     config: SteeringConfig,
     *,

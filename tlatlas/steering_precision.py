@@ -11,7 +11,7 @@ forward pass over the same prompts, for the slowdown relative to fp32.
 import gc
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -77,7 +77,7 @@ def load_precision(source, label: str, *, device: torch.device | str | None = No
     return load_quantized_model(source, parse_precision(label), device=device)
 
 
-def time_forward(model: LoadedModel, examples: Sequence[Example], *, batch_size: int = 8,
+def time_forward(model: LoadedModel, examples: Iterable[Example], *, batch_size: int = 8,
                  repeats: int = 3) -> float:
     """Median seconds of one clean forward pass over ``examples`` (after one warm-up batch)."""
     batches = [encode_batch(exs, model.tokenizer).tokens.to(model.device)
@@ -105,7 +105,7 @@ def free_model() -> None:
 
 def precision_sweep(
     source,
-    examples: Sequence[Example],
+    examples: Iterable[Example],
     vectors: SteeringVectors,
     config: SteeringConfig,
     precisions: Sequence[str] = DEFAULT_PRECISIONS,

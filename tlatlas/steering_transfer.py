@@ -14,7 +14,7 @@ Samples are token positions after BOS when A and B tokenize every prompt identic
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -232,7 +232,7 @@ Loader = Callable[[object], LoadedModel]
 def steering_transfer(
     source_a,
     source_b,
-    examples: Sequence[Example],
+    examples: Iterable[Example],
     *,
     workdir: str | os.PathLike[str],
     config: TransferConfig | None = None,
