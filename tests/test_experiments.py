@@ -246,3 +246,37 @@ def test_ray_executor_without_ray_is_a_clear_error(tiny_dirs, tmp_path, monkeypa
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'tlatlas[ray]'" in err
     assert not (tmp_path / "registry.jsonl").exists()
+
+
+@pytest.mark.bitsandbytes
+def test_steering_quant_and_two_model_blocks_on_tiny_models(tiny_dirs, tmp_path, marks):
+    pytest.importorskip("bitsandbytes")
+    root = tmp_path / "exp"
+    a, b = str(tiny_dirs["llama"]), str(tiny_dirs["qwen2"])
+    blocks = "hub-compare,quant-speed,steer-controls,steer-quant,steer-transfer"
+    assert runner.main(["--models", a, b, "--blocks", blocks, "--root", str(root)]) == 0
+    lines = reg.read_lines(root)
+    # per-model blocks once per model, two-model blocks once for the pair
+    assert sorted(x["block"] for x in lines) == sorted(
+        ["hub-compare", "steer-transfer"] + 2 * ["quant-speed", "steer-controls", "steer-quant"])
+    speed = read_record(root, ResultKey(block="quant-speed", model=a, seed=42, size="smoke"))
+    rows = {r["precision"]: r for r in speed["value"]["precisions"]}
+    assert list(rows) == ["fp32", "bf16", "nf4-fp32", "nf4-bf16", "int8"]
+    assert rows["fp32"]["kl_vs_first"] == 0 and rows["fp32"]["slowdown"] == 1
+    assert rows["nf4-fp32"]["kl_vs_first"] > rows["int8"]["kl_vs_first"] > 0
+    steer = read_record(root, ResultKey(block="steer-controls", model=a, seed=42, size="smoke"))
+    v = steer["value"]
+    zero = v["scales"].index(0)
+    assert all(row[zero] == 0 for row in v["mean_kl"][0])  # s = 0 changes nothing
+    assert v["layers"] == [0]  # smoke steers every 3rd layer of 3
+    quant = read_record(root, ResultKey(block="steer-quant", model=b, seed=42, size="smoke"))
+    assert quant["value"]["precisions"][0] == "fp32"
+    assert all(x == pytest.approx(1.0) for x in quant["value"]["amplification"][0][0]
+               if x == x)  # fp32 / fp32
+    pair = read_record(root, ResultKey(block="hub-compare", model=f"{a}+{b}", seed=42,
+                                       size="smoke"))
+    assert set(pair["value"]["hubs"]) == {a, b} and len(pair["fingerprints"]) == 2
+    paths = write_claims(root)
+    claims = paths["claim"].read_text()
+    assert "steering transfer" in claims and "amplification" in claims
+    assert "hub comparison" in claims
