@@ -1,5 +1,6 @@
 """Position maps (exact == an independent naive loop), figures (axes and data), the report."""
 
+import html
 import json
 import re
 from dataclasses import replace
@@ -229,14 +230,17 @@ def test_lora_pareto_one_marker_per_strategy_and_the_front():
     assert lo < 0.8 and 2.0 < hi  # runs and the "no adapter" line are in view
 
 
+def skip_rows():
+    return [{"skip_set": s, "seed": seed, "k": 2, "layers_skipped": [1, 2],
+             "before": {"top5_overlap": b, "kl": 2 * (1 - b)},
+             "after": {"top5_overlap": b + 0.2, "kl": 1 - b}, "trainable_params": 100}
+            for s, seed, b in (("atlas", 0, 0.6), ("atlas", 1, 0.4), ("random", 0, 0.2))]
+
+
 def test_layer_skip_figure_bars_are_the_means():
     from tlatlas.viz.figures import layer_skip_figure
 
-    rows = [{"skip_set": s, "seed": seed, "k": 2, "layers_skipped": [1, 2],
-             "before": {"top5_overlap": b, "kl": 2 * (1 - b)},
-             "after": {"top5_overlap": b + 0.2, "kl": 1 - b}}
-            for s, seed, b in (("atlas", 0, 0.6), ("atlas", 1, 0.4), ("random", 0, 0.2))]
-    fig = layer_skip_figure(rows)
+    fig = layer_skip_figure(skip_rows())
     left, right = fig.axes
     heights = [p.get_height() for p in left.patches]
     np.testing.assert_allclose(heights, [0.5, 0.2, 0.7, 0.4])  # before (atlas, random), after
@@ -286,6 +290,13 @@ def run_dir(tiny_dirs, tmp_path_factory):
     study = {"kind": "tlatlas.study.strategies", "rows": study_rows(), "command": "tlatlas study x",
              "fingerprint": model.fingerprint.to_dict(), "skipped": {"adalora": "not yet"}}
     (root / "study.json").write_text(json.dumps(study))
+    skip = {"kind": "tlatlas.study.skip", "rows": skip_rows(), "command": "tlatlas study skip x"}
+    (root / "skip.json").write_text(json.dumps(skip))
+    from tlatlas.cli import main
+
+    assert main(["steer", "--model", str(tiny_dirs["llama"]), "--per-family", "2", "--families",
+                 "json", "ioi", "--scales", "-2,2", "--random-draws", "2", "--layers", "0", "2",
+                 "--device", "cpu", "--out", str(root / "steer")]) == 0
     return root
 
 
@@ -305,10 +316,15 @@ def test_report_is_self_contained(run_dir, tiny_models, tmp_path):
     from tlatlas.store import load_atlas
 
     meta = load_atlas(run_dir / "atlas" / "seed1").meta
+    from tlatlas.steering_result import load_steering
+
+    steer = load_steering(run_dir / "steer" / "steering").meta
     for text in (meta.fingerprint.short, meta.suite_hash, meta.command, "tlatlas study x",
-                 "tlatlas report (test)", "not yet", "Pareto"):
-        assert text in page
-    assert page.count("data:image/png;base64,") == 2 + 2 + 2 + 1  # atlas, offsets, prompts, study
+                 "tlatlas report (test)", "not yet", "Pareto", "layer skip", steer.command,
+                 steer.suite_hash, "KL against scale"):
+        assert html.escape(text) in page
+    # atlas (2), offsets (2), prompts (2), steering, study, skip
+    assert page.count("data:image/png;base64,") == 2 + 2 + 2 + 1 + 1 + 1
     path = write_report(tmp_path / "r.html", page)
     assert path.read_text(encoding="utf-8") == page
 

@@ -311,8 +311,38 @@ def report_sections(run_dir: str | os.PathLike[str], *,
 
 
 def steering_sections(root: Path) -> list[Section]:
-    """Steering results below ``root`` (none yet: see the module docstring)."""
-    return []
+    """One section per steering result below ``root``: KL against scale per layer with the
+    random control band, one panel per precision, and the most steerable layer per family."""
+    from tlatlas.steering_result import load_steering
+    from tlatlas.viz.steering_plots import plot_steering
+
+    sections = []
+    for meta_path in sorted(root.rglob("*.steering.json")):
+        result = load_steering(meta_path)
+        m = result.meta
+        best = result.most_steerable()
+        rows = [{"family": f, "most steerable layer": layer, "mean KL over scales": kl}
+                for f, (layer, kl) in best.items()]
+        body = figure_html(plot_steering(result), alt="steering KL against scale per layer, "
+                           "random control band, one panel per precision")
+        body += table_html(rows, ["family", "most steerable layer", "mean KL over scales"])
+        table = meta_path.parent / "steering-table.txt"
+        if table.is_file():
+            body += f"<details><summary>{html.escape(table.name)}</summary><pre>" \
+                    f"{html.escape(table.read_text(encoding='utf-8'))}</pre></details>"
+        prov = {"file": str(meta_path.relative_to(root)), "model": m.model,
+                "fingerprints": [f"{p}: {f.short}" for p, f in
+                                 zip(result.precisions, m.fingerprints, strict=False)],
+                "weights sha256": m.fingerprints[0].weights_sha256 if m.fingerprints else None,
+                "precisions": [json.dumps(p, sort_keys=True) for p in m.precision_specs],
+                "suite": f"{m.suite_kind} seed {m.seed}" if m.suite_kind else None,
+                "suite hash": m.suite_hash, "examples": m.n_examples,
+                "layers": list(result.layers), "scales": list(result.scales),
+                "command": m.command}
+        title = "steering" if meta_path.parent == root else \
+            f"steering {meta_path.parent.relative_to(root)}"
+        sections.append(Section(title=f"{title}: KL against scale", body=body, provenance=prov))
+    return sections
 
 
 def build_report(run_dir: str | os.PathLike[str], *, command: str = "",
