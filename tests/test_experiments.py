@@ -280,3 +280,30 @@ def test_steering_quant_and_two_model_blocks_on_tiny_models(tiny_dirs, tmp_path,
     claims = paths["claim"].read_text()
     assert "steering transfer" in claims and "amplification" in claims
     assert "hub comparison" in claims
+
+
+def test_lora_skip_and_lockin_blocks_on_a_tiny_model(tiny_dirs, tmp_path, marks):
+    root, model = tmp_path / "exp", str(tiny_dirs["llama"])
+    blocks = "lora-strategies,module-sweep,layer-skip,checkpoint-lockin"
+    assert runner.main(["--model", model, "--blocks", blocks, "--root", str(root)]) == 0
+
+    def value(block):
+        return read_record(root, ResultKey(block=block, model=model, seed=42, size="smoke"))["value"]
+
+    strategies = value("lora-strategies")
+    params = {r["strategy"]: r["trainable_params"] for r in strategies["rows"]}
+    assert params["atlas"] == params["random"] and params["first-k"] <= params["atlas"]
+    assert params["all-linear"] > params["atlas"]
+    sweep = value("module-sweep")
+    assert len({tuple(r["layers"]) for r in sweep["rows"]}) == 1  # layers held fixed
+    skip = value("layer-skip")
+    assert {r["skip_set"] for r in skip["rows"]} == {"atlas", "random"}
+    assert all(0 <= r["before"]["top5_overlap"] <= 1 and r["before"]["kl"] > 0
+               for r in skip["rows"])
+    lockin = value("checkpoint-lockin")
+    assert [r["steps"] for r in lockin["rows"]] == [0, 2, 4]
+    assert lockin["rows"][0]["spearman_vs_step0"] == 1.0
+    text = write_claims(root)["claim"].read_text()
+    for phrase in ("held-out loss after LoRA", "with the layers fixed", "skipping 2 blocks",
+                   "during LoRA on json"):
+        assert phrase in text

@@ -28,6 +28,11 @@ def _train_config(params: dict):
                        n_heldout=params["n_heldout"])
 
 
+def _top_k(ctx) -> int:
+    """The configured ``top_k``, at most half the layers (so a selection is a real choice)."""
+    return min(int(ctx.params["top_k"]), max(1, ctx.model().n_layers // 2))
+
+
 def _cost(smoke: float, small: float, full: float) -> dict:
     return {"smoke": Cost(seconds=smoke, memory_gb=3.0), "small": Cost(seconds=small, memory_gb=3.0),
             "full": Cost(seconds=full, memory_gb=6.0, gpus=1.0)}
@@ -53,7 +58,7 @@ def run_lora_strategies(ctx) -> dict:
 
     p = ctx.params
     out = strategy_study(ctx.model_name, ctx.model(), ctx.atlas().sums, families=p["families"],
-                         seeds=(ctx.seed,), top_k=p["top_k"], rank=p["rank"],
+                         seeds=(ctx.seed,), top_k=_top_k(ctx), rank=p["rank"],
                          train=_train_config(p), on_run=ctx.say)
     out["by_strategy"] = _mean_rows(out["rows"], "strategy")
     return out
@@ -103,7 +108,7 @@ def run_module_sweep(ctx) -> dict:
     from bridges.studies import module_sweep
 
     p = ctx.params
-    layers = sorted(rank_layers(ctx.atlas().sums)[: p["top_k"]])
+    layers = sorted(rank_layers(ctx.atlas().sums)[: _top_k(ctx)])
     out = module_sweep(ctx.model_name, ctx.model(), layers, family=p["family"], seeds=(ctx.seed,),
                        rank=p["rank"], train=_train_config(p), on_run=ctx.say)
     out["by_module_set"] = _mean_rows(out["rows"], "module_set")
@@ -129,3 +134,88 @@ register_block(Block(
     question="With layers held fixed, which modules (o, qkv, MLP, all) give the most per parameter?",
     params=_train_params({"family": "json"}, {"family": "json"}, {"family": "json"}),
     cost=_cost(90, 1200, 8000), run=run_module_sweep, summarize=summarize_module_sweep))
+
+
+# --------------------------------------------------------------------------- layer skip
+
+
+def run_layer_skip(ctx) -> dict:
+    from dataclasses import replace
+
+    from bridges.skip import layer_skip_study
+
+    p = ctx.params
+    recovery = replace(_train_config(p), family="any")
+    return layer_skip_study(ctx.model_name, ctx.model(), ctx.atlas().sums, k=p["k"],
+                            seed=ctx.seed, recovery=recovery, rank=p["rank"], on_run=ctx.say)
+
+
+def summarize_layer_skip(results: dict[str, list[dict]]) -> list[Statement]:
+    out = []
+    for (model, size), recs in _by_model(results.get("layer-skip", [])).items():
+        for r in sorted(recs, key=lambda r: r["seed"]):
+            rows = {row["skip_set"]: row for row in r["value"]["rows"]}
+
+            def fmt(row):
+                b, a = row["before"], row.get("after")
+                return (f"{row['skip_set']} {row['layers_skipped']}: top-5 overlap "
+                        f"{b['top5_overlap']:.2f}, KL {b['kl']:.3f}"
+                        + (f" -> after recovery {a['top5_overlap']:.2f}, KL {a['kl']:.3f}"
+                           if a else ""))
+            out.append(Statement(kind="claim", sources=(r["path"],), text=(
+                f"{model} ({size}, seed {r['seed']}): skipping {r['value']['k']} blocks; "
+                + "; ".join(fmt(row) for row in rows.values()) + ".")))
+            if "atlas" in rows and "random" in rows:
+                a, x = rows["atlas"]["before"], rows["random"]["before"]
+                better = a["kl"] < x["kl"]
+                out.append(Statement(kind="gem" if better else "threat", sources=(r["path"],),
+                                     text=(
+                    f"{model} ({size}, seed {r['seed']}): skipping the atlas's least important "
+                    f"blocks costs KL {a['kl']:.3f} vs {x['kl']:.3f} for a random set of the "
+                    "same size" + (": the atlas ranks blocks usefully for skipping." if better
+                                   else ": the atlas did not pick a safer skip set here."))))
+    return out
+
+
+register_block(Block(
+    id="layer-skip", priority=120, tags=("lora",),
+    question="Can the atlas's least important blocks be skipped, and does a short LoRA recover them?",
+    params=_train_params({"k": 2}, {"k": 4}, {"k": 4}),
+    cost=_cost(120, 1500, 8000), run=run_layer_skip, summarize=summarize_layer_skip))
+
+
+# --------------------------------------------------------------------------- checkpoint lock-in
+
+
+def run_checkpoint_lockin(ctx) -> dict:
+    from bridges.stability import stability_study
+    from tlatlas.pipeline import SuiteSpec
+
+    p = ctx.params
+    spec = SuiteSpec(per_family=p["per_family"] or 8, seed=ctx.seed)
+    steps = p["steps"]
+    return stability_study(ctx.model_name, ctx.model(), ctx.atlas().sums, family=p["family"],
+                           checkpoints=(0, steps // 2, steps), top_k=_top_k(ctx), rank=p["rank"],
+                           seed=ctx.seed, train=_train_config(p), spec=spec, on_run=ctx.say)
+
+
+def summarize_checkpoint_lockin(results: dict[str, list[dict]]) -> list[Statement]:
+    out = []
+    for (model, size), recs in _by_model(results.get("checkpoint-lockin", [])).items():
+        for r in sorted(recs, key=lambda r: r["seed"]):
+            v = r["value"]
+            out.append(Statement(kind="gem" if v["hub_moved"] else "claim", sources=(r["path"],),
+                                 text=(
+                f"{model} ({size}, seed {r['seed']}): during LoRA on {v['family']}, the hub at "
+                "steps " + ", ".join(f"{row['steps']}: L{row['hub_layer']} (Spearman vs step 0 "
+                                     f"{row['spearman_vs_step0']:.2f})" for row in v["rows"])
+                + ("; the hub moved." if v["hub_moved"] else "; the hub did not move."))))
+    return out
+
+
+register_block(Block(
+    id="checkpoint-lockin", priority=130, tags=("lora", "atlas"),
+    question="Does the atlas (its hub) move while a LoRA adapter trains?",
+    params=_train_params({"family": "json"}, {"family": "json"}, {"family": "json"}),
+    cost=_cost(200, 2500, 15000), run=run_checkpoint_lockin,
+    summarize=summarize_checkpoint_lockin))
