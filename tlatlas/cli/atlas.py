@@ -37,7 +37,6 @@ def _atlas(args: argparse.Namespace, dist) -> int:
     from tlatlas.atlas import AtlasConfig
     from tlatlas.distributed import collective_step
     from tlatlas.hubs import hub_summary
-    from tlatlas.models import load_model
     from tlatlas.pipeline import SuiteSpec, build_atlas
     from tlatlas.store import save_atlas
 
@@ -47,8 +46,7 @@ def _atlas(args: argparse.Namespace, dist) -> int:
                          batch_size=args.batch_size,
                          method="naive" if args.method == "naive" else "exact",
                          layers=tuple(args.layers) if args.layers else None)
-    with collective_step(dist, "loading the model"):
-        model = load_model(args.model, device=dist.device if dist is not None else None)
+    model = _load_model(args.model, dist)
     out = Path(args.out)
     command = args.command_line
     rows = []
@@ -78,6 +76,22 @@ def _atlas(args: argparse.Namespace, dist) -> int:
     if config.positions:
         role_table(atlas.sums, metric)
     return 0
+
+
+def _load_model(source: str, dist):
+    """Load on this rank's device. Under torchrun local rank 0 loads first, so a first-use
+    conversion (a GGUF into the cache) runs once per machine and the others read the cache."""
+    from tlatlas.distributed import collective_step
+    from tlatlas.models import load_model
+
+    if dist is None:
+        return load_model(source)
+    model = None
+    for first_wave in (True, False):
+        with collective_step(dist, "loading the model"):
+            if (dist.local_rank == 0) == first_wave:
+                model = load_model(source, device=dist.device)
+    return model
 
 
 def cmd_show(args: argparse.Namespace) -> int:
