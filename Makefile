@@ -34,6 +34,7 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/tlatlas eval --model smollm2-135m --per-family 3
 	$(BIN)/tlatlas atlas --model smollm2-135m $(DEMO_ARGS) --out $(DEMO_OUT)
+	$(BIN)/tlatlas report $(DEMO_OUT) --out $(DEMO_OUT)/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
