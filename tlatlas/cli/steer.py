@@ -1,6 +1,7 @@
 """`tlatlas steer | steer-transfer`: steering sweeps over layers, scales and precisions."""
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -34,22 +35,21 @@ def _suite(args, per_family):
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
+    import warnings
+
     import torch
     from tqdm import tqdm
 
     from tlatlas.models import load_model
     from tlatlas.steering import contrastive_vectors, steering_vectors
     from tlatlas.steering_precision import check_precision, free_model, precision_sweep
-    from tlatlas.steering_result import (
-        SteeringConfig,
-        full_report,
-        parse_scales,
-        save_steering,
-        summary_lines,
-    )
+    from tlatlas.steering_result import SteeringConfig, parse_scales, save_steering
+    from tlatlas.steering_tables import full_report, summary_lines
     from tlatlas.store import atomic_write
 
     precisions = [check_precision(p.strip(), args.device) for p in args.precision.split(",")]
+    # LLM.int8 casts activations to fp16 on every matmul and warns each time: say it once
+    warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
     config = SteeringConfig(scales=parse_scales(args.scales), layers=_layers(args.layers),
                             random_draws=args.random_draws, random_seed=args.random_seed,
                             batch_size=args.batch_size, max_rows=args.max_rows)
@@ -151,8 +151,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory")
 
 
+# ``--scales -4:4:9`` must read as a value, not an option: extend argparse's test for
+# negative numbers (which only knows -4 and -.5) to ranges and lists.
+_NEGATIVE = re.compile(r"^-\d*\.?\d+([:,][-\d.:,]*)?$")
+
+
 def register(sub) -> None:
     p = sub.add_parser("steer", help="steering sweep: every layer x scale x precision, random control")
+    p._negative_number_matcher = _NEGATIVE
     p.add_argument("--model", default="smollm2-135m")
     _common(p)
     p.add_argument("--vector-per-family", type=int, default=None,
@@ -168,6 +174,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("steer-transfer", help="carry steering vectors from model A to model B")
+    p._negative_number_matcher = _NEGATIVE
     p.add_argument("--from", dest="from_model", required=True, help="model A (vectors' source)")
     p.add_argument("--to", dest="to_model", required=True, help="model B (steered)")
     _common(p)
