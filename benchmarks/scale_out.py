@@ -102,14 +102,55 @@ def torchrun_comparison(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
+TIMING_KEYS = {"forward_s", "slowdown", "artifacts"}
+"""Result fields that measure time (or name per-run files): left out of the comparison."""
+
+
+def _untimed(value):
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value
+
+
 def orchestrator_comparison(args: argparse.Namespace, work: Path) -> dict | None:
     """The orchestrator's smoke blocks with ``--executor local`` vs ``--executor ray``.
 
-    Not written yet (issue 9 part 4 lands separately): return a dict of the same shape as
-    :func:`torchrun_comparison` (wall_s per executor, speed-up, equality of results) and
-    ``main`` prints and records it; None means "not measured".
+    Each run is ``python -m experiments.run ... --size smoke`` in a fresh subprocess with
+    its own empty root, so both pay the same start-up (Ray's includes starting a local
+    instance). The results must agree: every result value is compared, timings aside
+(:data:`TIMING_KEYS`).
     """
-    return None
+    if not args.orchestrator_blocks:
+        return None
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return {"skipped": "ray is not installed (pip install 'tlatlas[ray]')"}
+    repo = Path(__file__).resolve().parents[1]
+    walls, values = {}, {}
+    for executor in ("local", "ray"):
+        root = work / f"orchestrator-{executor}"
+        cmd = [sys.executable, "-m", "experiments.run", "--model", args.model, "--blocks",
+               args.orchestrator_blocks, "--size", "smoke", "--root", str(root),
+               "--executor", executor]
+        old = os.getcwd()
+        os.chdir(repo)
+        try:
+            walls[executor] = timed_run(cmd, max(1, args.threads // 2) if executor == "ray"
+                                        else args.threads)
+        finally:
+            os.chdir(old)
+        values[executor] = {
+            str(p.relative_to(root)): json.loads(p.read_text())["value"]
+            for p in sorted((root / "results").rglob("*.json"))}
+    same = values["local"].keys() == values["ray"].keys() and all(
+        _untimed(values["local"][k]) == _untimed(values["ray"][k]) for k in values["local"])
+    return {"blocks": args.orchestrator_blocks.split(","), "wall_s": walls,
+            "speedup_wall": walls["local"] / walls["ray"], "n_results": len(values["local"]),
+            "same_results": same,
+            "threads": {"local": args.threads, "ray_per_task": max(1, args.threads // 2)}}
 
 
 def main() -> int:
@@ -125,15 +166,34 @@ def main() -> int:
                    help="torch threads of the single process (split evenly over the ranks)")
     p.add_argument("--no-control", dest="control", action="store_false",
                    help="skip the control run (1 process with the per-rank thread count)")
+    p.add_argument("--no-torchrun", dest="torchrun", action="store_false",
+                   help="skip the atlas 1-vs-N-ranks comparison")
+    p.add_argument("--orchestrator-blocks", default="hub-replication,suite-breadth,quant-speed",
+                   help="smoke blocks timed with the local vs the Ray executor ('' skips)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tlatlas-scale-out-") as tmp:
         work = Path(tmp)
-        ranked = torchrun_comparison(args, work)
+        ranked = torchrun_comparison(args, work) if args.torchrun else None
         orchestrator = orchestrator_comparison(args, work)
 
     r = ranked
+    if r is None:
+        print("== atlas under torchrun: skipped (--no-torchrun)")
+    else:
+        _print_torchrun(args, r)
+    _print_orchestrator(orchestrator)
+    if args.json:
+        import torch
+
+        print(json.dumps({"model": args.model, "cpu": platform.machine(),
+                          "cores": os.cpu_count(), "torch": torch.__version__,
+                          "torchrun": ranked, "orchestrator": orchestrator}))
+    return 0
+
+
+def _print_torchrun(args: argparse.Namespace, r: dict) -> None:
     print(f"== atlas: {args.model}, {r['examples']} examples ({len(r['families'])} families), "
           f"{r['layers']} layers, {args.ablation} ablation, {platform.machine()} "
           f"x {os.cpu_count()} cores")
@@ -153,15 +213,19 @@ def main() -> int:
     load = r["load_average_1min"]
     print(f"  1-min load average before/after: {load['before']:.1f} / {load['after']:.1f} "
           f"on {os.cpu_count()} cores")
-    if orchestrator is None:
-        print("== orchestrator local vs ray: not measured here")
-    if args.json:
-        import torch
 
-        print(json.dumps({"model": args.model, "cpu": platform.machine(),
-                          "cores": os.cpu_count(), "torch": torch.__version__,
-                          "torchrun": ranked, "orchestrator": orchestrator}))
-    return 0
+
+def _print_orchestrator(o: dict | None) -> None:
+    if o is None or "skipped" in o:
+        print("== orchestrator local vs ray: not measured" + (f" ({o['skipped']})" if o else ""))
+    else:
+        print(f"== orchestrator: smoke blocks {', '.join(o['blocks'])} ({o['n_results']} results)")
+        print(f"  --executor local  wall {o['wall_s']['local']:7.1f} s  "
+              f"({o['threads']['local']} threads, blocks in turn)")
+        print(f"  --executor ray    wall {o['wall_s']['ray']:7.1f} s  "
+              f"({o['threads']['ray_per_task']} thread(s) per task, tasks in parallel, "
+              f"includes starting Ray)")
+        print(f"  speed-up {o['speedup_wall']:.2f}x   same results: {o['same_results']}")
 
 
 if __name__ == "__main__":
