@@ -391,3 +391,18 @@ def test_cli_steer_writes_result_table_and_figure(tiny_dirs, tmp_path, capsys):
     rc = main(["steer", "--model", str(tiny_dirs["llama"]), "--device", "cpu",
                "--precision", "fp16", "--out", str(out)])
     assert rc == 2 and "fp16 runs only on CUDA" in capsys.readouterr().err
+
+
+def test_cli_steer_transfer_to_itself(tiny_dirs, tmp_path, capsys):
+    import json
+
+    from tlatlas.cli import main
+
+    d = str(tiny_dirs["llama"])
+    rc = main(["steer-transfer", "--from", d, "--to", d, "--families", "json", "factual",
+               "--per-family", "2", "--map-per-family", "6", "--scales", "-2,2",
+               "--random-draws", "1", "--pairs", "1:1", "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["pairs"] == [[1, 1]] and summary["r2"][0] > 0.999
+    assert (tmp_path / "transfer.transfer.json").exists()
