@@ -133,11 +133,22 @@ def evaluate(model, tokenizer, examples: Sequence[Example], batch_size: int = 8)
 
 
 def train_lora(source, plan, config: TrainConfig, *, quantization=None, device=None,
-               out: str | Path | None = None,
-               on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Fine-tune LoRA adapters ``plan`` (bridges.export.LoraPlan) on ``source``.
+               base=None, out: str | Path | None = None,
+               on_step: Callable[[int, float], None] | None = None,
+               after_step: Callable[[object, int], None] | None = None,
+               penalty: Callable[[object], Tensor] | None = None) -> TrainResult:
+    """Fine-tune the adapters ``plan`` describes on ``source``.
 
+    ``plan`` is a bridges.export.LoraPlan, or any plan with ``lora_config()`` (a PEFT
+    config) and ``to_dict()`` (bridges.adalora.AdaLoraPlan).
     ``quantization`` (a bridges.quant.QuantSpec) trains QLoRA-style on a quantized copy.
+    ``base``: an already loaded plain HF model to adapt instead of loading ``source`` (e.g.
+    one with blocks skipped); PEFT injects the adapters into it in place, so after the
+    call ``base`` computes with the trained adapters.
+    ``after_step(peft_model, steps_done)`` runs once before training (0) and after every
+    optimizer step, before the gradients are cleared (AdaLoRA's rank allocation,
+    checkpoints). ``penalty(peft_model)`` is added to the optimized loss (AdaLoRA's
+    orthogonal regularisation); ``losses`` record the answer loss alone.
     With ``out``, the adapter is saved with PEFT's ``save_pretrained`` plus ``result.json``.
     """
     from peft import get_peft_model
@@ -147,11 +158,11 @@ def train_lora(source, plan, config: TrainConfig, *, quantization=None, device=N
 
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(weights_dir(source)))
-    if quantization is not None:
+    if base is None and quantization is not None:
         from bridges.quant import load_quantized_hf
 
         base = load_quantized_hf(source, quantization, device=device)
-    else:
+    elif base is None:
         base = load_hf_model(source, device=device, dtype=torch.float32)
     train, held = split(config)
     loss0, em0 = evaluate(base, tokenizer, held)
@@ -161,14 +172,18 @@ def train_lora(source, plan, config: TrainConfig, *, quantization=None, device=N
     order = random.Random(config.seed)
     losses = []
     model.train()
+    if after_step is not None:
+        after_step(model, 0)
     for step in range(config.steps):
         batch = order.sample(train, min(config.batch_size, len(train)))
         ids, labels = lm_batch(batch, tokenizer)
         loss = answer_loss(model, ids, labels)
         opt.zero_grad()
-        loss.backward()
+        (loss if penalty is None else loss + penalty(model)).backward()
         opt.step()
         losses.append(float(loss.detach()))
+        if after_step is not None:
+            after_step(model, step + 1)
         if on_step is not None:
             on_step(step, losses[-1])
     loss1, em1 = evaluate(model, tokenizer, held)

@@ -1,8 +1,11 @@
 import json
 
 import pytest
+import torch
 
+from bridges.adalora import adalora_plan, train_adalora
 from bridges.influence import block_influence
+from bridges.train import TrainConfig
 from tlatlas.atlas import AtlasConfig
 from tlatlas.pipeline import SuiteSpec, build_atlas
 from tlatlas.store import save_atlas
@@ -42,8 +45,13 @@ def test_strategy_study_matches_budgets(tiny_dirs, atlas_file, tmp_path, capsys)
     assert rows["uniform-o"]["trainable_params"] <= budget
     assert len(rows["uniform-o"]["layers"]) == 3
     assert rows["all-linear"]["trainable_params"] > budget
-    assert "adalora" in data["skipped"]
-    assert "atlas" in capsys.readouterr().out
+    ada = rows["adalora"]
+    assert ada["trainable_params"] == ada["peft_final_params"] <= budget
+    assert ada["initial_params"] > budget  # AdaLoRA starts above the budget and prunes
+    assert sum(ada["final_ranks"].values()) <= ada["target_r"] * 3
+    assert data["skipped"] == {}
+    printed = capsys.readouterr().out
+    assert "atlas" in printed and "adalora arithmetic seed 0" in printed
 
 
 def test_module_sweep_holds_layers_fixed(tiny_dirs, atlas_file, tmp_path):
@@ -59,3 +67,40 @@ def test_module_sweep_holds_layers_fixed(tiny_dirs, atlas_file, tmp_path):
     assert len({tuple(r["layers"]) for r in rows}) == 1 and len(rows[0]["layers"]) == 2
     params = {r["module_set"]: r["trainable_params"] for r in rows}
     assert params["o"] < params["qkv"] < params["all"] and params["mlp"] < params["all"]
+
+
+@pytest.mark.parametrize("modules", [("o",), ("q", "k", "v", "gate")])
+def test_adalora_plan_matches_the_budget_and_peft_counts(tiny_dirs, tiny_models, modules):
+    from peft import get_peft_model
+
+    from tlatlas.models import load_hf_model
+
+    model = tiny_models["llama"]
+    plan = adalora_plan(model, 5000, 4, modules=modules, init_r=4)
+    assert plan.final_bound <= 5000 and plan.init_r > plan.target_r >= 1
+    # one more triplet per module would not fit in the worst placement
+    assert (plan.target_r + 1) * len(plan.triplet_costs) * max(plan.triplet_costs) > 5000
+    peft = get_peft_model(load_hf_model(tiny_dirs["llama"], device="cpu"), plan.lora_config())
+    assert peft.get_nb_trainable_parameters()[0] == plan.initial_params
+    assert len(plan.target_modules) == 3 * len(modules)
+
+
+def test_adalora_trains_to_its_final_budget(tiny_dirs, tiny_models):
+    model = tiny_models["llama"]
+    config = TrainConfig(family="arithmetic", steps=6, n_train=8, n_heldout=2, lr=5e-3, seed=1)
+    plan = adalora_plan(model, 1000, config.steps, init_r=4)
+    assert (plan.tinit, plan.tfinal, plan.target_r) == (0, 1, 2)
+    a = train_adalora(tiny_dirs["llama"], plan, config, device="cpu")
+    b = train_adalora(tiny_dirs["llama"], plan, config, device="cpu")
+    assert a == b  # deterministic
+    assert a.initial_params == a.train.trainable_params == plan.initial_params
+    assert a.final_params == a.peft_final_params <= 1000 < a.initial_params
+    assert sum(a.final_ranks.values()) == plan.target_r * 3
+    assert all(torch.isfinite(torch.tensor(a.train.losses)))
+
+
+def test_adalora_refuses_what_it_cannot_match(tiny_models):
+    with pytest.raises(ValueError, match="below one triplet"):
+        adalora_plan(tiny_models["llama"], 100, 10)
+    with pytest.raises(ValueError, match="at least 2"):
+        adalora_plan(tiny_models["llama"], 10_000, 1)
