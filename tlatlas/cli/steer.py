@@ -34,8 +34,21 @@ def _suite(args, per_family):
                        families=list(args.families) if args.families else None)
 
 
+def _once():
+    import logging
+
+    seen: set[str] = set()
+
+    def keep(record: logging.LogRecord) -> bool:
+        new = record.msg not in seen
+        seen.add(str(record.msg))
+        return new
+
+    return keep
+
+
 def cmd_steer(args: argparse.Namespace) -> int:
-    import warnings
+    import logging
 
     import torch
     from tqdm import tqdm
@@ -48,8 +61,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     from tlatlas.store import atomic_write
 
     precisions = [check_precision(p.strip(), args.device) for p in args.precision.split(",")]
-    # LLM.int8 casts activations to fp16 on every matmul and warns each time: say it once
-    warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
+    # LLM.int8 casts activations to fp16 on every matmul and logs it each time: say it once
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_once())
     config = SteeringConfig(scales=parse_scales(args.scales), layers=_layers(args.layers),
                             random_draws=args.random_draws, random_seed=args.random_seed,
                             batch_size=args.batch_size, max_rows=args.max_rows)
