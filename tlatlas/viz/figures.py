@@ -16,12 +16,18 @@ object API on the Agg backend (no display needed) and never shown here.
 """
 
 import math
+import os
 import statistics
+import sys
 from collections.abc import Mapping, Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")
+# Figures use the object API (``Figure``), never a GUI. Select Agg unless a backend was
+# chosen already: Jupyter's inline backend (MPLBACKEND, or pyplot imported by
+# ``%matplotlib inline``) must keep showing these figures.
+if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
