@@ -109,6 +109,16 @@ def test_position_map_resample_and_mean_run(tiny_models):
     assert float(mean_maps[0].effect.nan_to_num().abs().max()) > 0
 
 
+def test_default_map_layers():
+    from tlatlas.posmap import default_map_layers
+
+    assert default_map_layers(synthetic_sums(n_layers=5)) == (0, 1, 2, 3, 4)
+    sums = AtlasSums.empty(("json",), range(30), positions=False, max_offset=4)
+    sums.tensors["count"][:] = 1
+    sums.tensors["layer.sum"][0, 2, 7, 0] = 5.0  # hub L7 (block KL)
+    assert default_map_layers(sums) == (0, 3, 6, 7, 10, 13, 16, 19, 23, 26, 29)
+
+
 def test_position_map_round_trip_and_validation(tiny_models, examples):
     pm = position_map(tiny_models["llama"], examples[:2], layers=[1])
     back = PositionMap.from_dict(json.loads(json.dumps(pm.to_dict())))

@@ -210,6 +210,19 @@ def position_maps(
         for k, comp in enumerate(components))
 
 
+def default_map_layers(sums, max_layers: int = 10) -> tuple[int, ...]:
+    """Up to ``max_layers`` evenly spaced layers of an atlas (first and last included),
+    plus its hub: a position map costs a sweep over positions per layer."""
+    from tlatlas.hubs import hub_summary
+
+    layers = list(sums.layers)
+    if len(layers) <= max_layers:
+        return tuple(layers)
+    idx = {round(i * (len(layers) - 1) / (max_layers - 1)) for i in range(max_layers)}
+    picked = {layers[i] for i in idx} | {hub_summary(sums).hub_layer}
+    return tuple(sorted(picked))
+
+
 def atlas_position_maps(
     model: LoadedModel,
     atlas,
@@ -226,7 +239,8 @@ def atlas_position_maps(
     family's first examples, so they are among the prompts the atlas scored. The
     ablation and metric are the atlas's (``dlogp`` for an attribution atlas); resample
     takes two prompts per family (a donor each); mean ablation uses a reference set drawn
-    as :func:`tlatlas.pipeline.build_atlas` draws it.
+    as :func:`tlatlas.pipeline.build_atlas` draws it. ``layers`` defaults to
+    :func:`default_map_layers`.
     """
     from tlatlas.atlas import reference_stats
     from tlatlas.pipeline import REFERENCE_SEED_OFFSET
@@ -237,7 +251,7 @@ def atlas_position_maps(
     families = list(atlas.sums.families)[: max(1, n_prompts)]
     per = 2 if meta.ablation == "resample" else 1
     examples = list(build_suite(meta.suite_kind, seed=meta.seed, per_family=per, families=families))
-    swept = tuple(layers) if layers is not None else tuple(atlas.sums.layers)
+    swept = tuple(layers) if layers is not None else default_map_layers(atlas.sums)
     means = None
     if meta.ablation == "mean":
         ref = build_suite(meta.suite_kind, seed=meta.seed + REFERENCE_SEED_OFFSET,
@@ -249,4 +263,5 @@ def atlas_position_maps(
                          means=means, on_batch=on_batch)
 
 
-__all__ = ["PositionMap", "position_map", "position_maps", "atlas_position_maps", "token_strings"]
+__all__ = ["PositionMap", "position_map", "position_maps", "atlas_position_maps",
+           "default_map_layers", "token_strings"]

@@ -47,5 +47,6 @@ def register(sub) -> None:
     p.add_argument("--prompts", type=int, default=4,
                    help="prompts in the position map (one per family, first families)")
     p.add_argument("--map-layers", type=int, nargs="+", default=None,
-                   help="layers of the position map (default: the atlas's layers)")
+                   help="layers of the position map (default: up to 10 evenly spaced "
+                        "layers of the atlas, plus its hub)")
     p.set_defaults(func=cmd_report)
