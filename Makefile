@@ -16,7 +16,7 @@ DEMO_OUT   ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean browser
 
 setup: $(STAMP)
 
@@ -36,8 +36,14 @@ demo: $(STAMP)
 	$(BIN)/tlatlas atlas --model smollm2-135m $(DEMO_ARGS) --out $(DEMO_OUT)
 	$(BIN)/tlatlas report $(DEMO_OUT) --out $(DEMO_OUT)/report.html
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# Debian's chromium for the report's browser test (as root with apt; else the test skips).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium is not installed: the browser test will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/pip install --quiet ruff && $(BIN)/ruff check tlatlas bridges experiments tests benchmarks
