@@ -23,7 +23,7 @@ from tlatlas import __version__
 from tlatlas.errors import AtlasFileError, TlatlasError
 from tlatlas.metrics import METRICS_VERSION
 from tlatlas.models import Fingerprint, LoadedModel
-from tlatlas.store import atomic_write
+from tlatlas.store import atomic_write, read_result_files
 from tlatlas.tasks import Example
 
 RESULT_KIND = "tlatlas.steering"
@@ -339,39 +339,11 @@ def load_steering(stem: str | os.PathLike[str], *, fingerprint: Fingerprint | No
     file, and FingerprintMismatchError when ``fingerprint`` is not the full-precision model
     of the result (unless ``force``).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     tensors_path, meta_path = steering_paths(stem)
-    for p in (meta_path, tensors_path):
-        if not p.exists():
-            raise SteeringFileError(f"missing steering file {p}")
-    try:
-        header = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise SteeringFileError(f"{meta_path} is not valid JSON (truncated?): {err}") from err
-    if header.get("kind") != RESULT_KIND:
-        raise SteeringFileError(f"{meta_path} is not a tlatlas steering result "
-                                f"(kind {header.get('kind')!r})")
-    if header.get("format_version") != RESULT_FORMAT_VERSION:
-        raise SteeringFileError(f"{meta_path} has steering format {header.get('format_version')}, "
-                                f"this tlatlas reads {RESULT_FORMAT_VERSION}; recompute it")
+    header, tensors = read_result_files(
+        tensors_path, meta_path, kind=RESULT_KIND, format_version=RESULT_FORMAT_VERSION,
+        noun="steering result", error=SteeringFileError, expected_shapes=_expected_shapes)
     meta = SteeringMeta.from_dict(header["meta"])
-    if meta.metrics_version != METRICS_VERSION:
-        raise SteeringFileError(f"{meta_path} uses metric definitions v{meta.metrics_version}, "
-                                f"this tlatlas uses v{METRICS_VERSION}; recompute it")
-    try:
-        tensors = load_file(str(tensors_path))
-    except (SafetensorError, OSError) as err:
-        raise SteeringFileError(f"{tensors_path} is damaged or truncated: {err}") from err
-    if set(tensors) != set(header["tensors"]):
-        raise SteeringFileError(f"{tensors_path} holds tensors {sorted(tensors)}, "
-                                f"its JSON lists {sorted(header['tensors'])}")
-    expected = {**header["tensors"], **_expected_shapes(header)}
-    for name, shape in expected.items():
-        if list(tensors[name].shape) != list(shape):
-            raise SteeringFileError(f"{tensors_path}: tensor {name} has shape "
-                                    f"{list(tensors[name].shape)}, expected {list(shape)}")
     if fingerprint is not None and not force:
         from dataclasses import replace
 

@@ -10,9 +10,12 @@ never sees a JSON file whose tensors are missing or half-written.
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from torch import Tensor
 
 from tlatlas import __version__
 from tlatlas.atlas import COMPONENTS, POS_COMPONENTS, AtlasSums
@@ -135,6 +138,51 @@ def save_atlas(atlas: Atlas, stem: str | os.PathLike[str]) -> tuple[Path, Path]:
     return tensors_path, meta_path
 
 
+def read_result_files(tensors_path: Path, meta_path: Path, *, kind: str, format_version: int,
+                      noun: str, error: type[Exception],
+                      expected_shapes: Callable[[dict[str, Any]], dict[str, list[int]]] | None = None
+                      ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Read a ``(safetensors, JSON header)`` pair and validate it; returns (header, tensors).
+
+    Checks that both files exist and parse, the header's ``kind``, ``format_version`` and
+    metric-definitions version, that the tensors are exactly those the header lists with
+    the listed shapes, and ``expected_shapes(header)`` (shapes implied by the header's axes).
+    Failures raise ``error`` with a message that names the file and ``noun``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    for p in (meta_path, tensors_path):
+        if not p.exists():
+            raise error(f"missing {noun} file {p}")
+    try:
+        header = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise error(f"{meta_path} is not valid JSON (truncated?): {err}") from err
+    if header.get("kind") != kind:
+        raise error(f"{meta_path} is not a tlatlas {noun} (kind {header.get('kind')!r})")
+    if header.get("format_version") != format_version:
+        raise error(f"{meta_path} has {noun} format {header.get('format_version')}, this "
+                    f"tlatlas reads {format_version}; recompute the {noun}")
+    metrics = header.get("meta", {}).get("metrics_version")
+    if metrics != METRICS_VERSION:
+        raise error(f"{meta_path} uses metric definitions v{metrics}, this tlatlas uses "
+                    f"v{METRICS_VERSION}; recompute the {noun}")
+    try:
+        tensors = load_file(str(tensors_path))
+    except (SafetensorError, OSError) as err:
+        raise error(f"{tensors_path} is damaged or truncated: {err}") from err
+    if set(tensors) != set(header["tensors"]):
+        raise error(f"{tensors_path} holds tensors {sorted(tensors)}, "
+                    f"its JSON lists {sorted(header['tensors'])}")
+    implied = expected_shapes(header) if expected_shapes is not None else {}
+    for name, shape in {**header["tensors"], **implied}.items():
+        if list(tensors[name].shape) != list(shape):
+            raise error(f"{tensors_path}: tensor {name} has shape "
+                        f"{list(tensors[name].shape)}, expected {list(shape)}")
+    return header, tensors
+
+
 def load_atlas(stem: str | os.PathLike[str], *, fingerprint: Fingerprint | None = None,
                force: bool = False) -> Atlas:
     """Read and validate an atlas.
@@ -143,39 +191,11 @@ def load_atlas(stem: str | os.PathLike[str], *, fingerprint: Fingerprint | None 
     FingerprintMismatchError when ``fingerprint`` (the model in hand) differs from the
     atlas's model, unless ``force``.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     tensors_path, meta_path = atlas_paths(stem)
-    for p in (meta_path, tensors_path):
-        if not p.exists():
-            raise AtlasFileError(f"missing atlas file {p}")
-    try:
-        header = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise AtlasFileError(f"{meta_path} is not valid JSON (truncated?): {err}") from err
-    if header.get("kind") != ATLAS_KIND:
-        raise AtlasFileError(f"{meta_path} is not a tlatlas atlas (kind {header.get('kind')!r})")
-    if header.get("format_version") != ATLAS_FORMAT_VERSION:
-        raise AtlasFileError(
-            f"{meta_path} has atlas format {header.get('format_version')}, this tlatlas reads "
-            f"{ATLAS_FORMAT_VERSION}; recompute the atlas")
+    header, tensors = read_result_files(tensors_path, meta_path, kind=ATLAS_KIND,
+                                        format_version=ATLAS_FORMAT_VERSION, noun="atlas",
+                                        error=AtlasFileError)
     meta = AtlasMeta.from_dict(header["meta"])
-    if meta.metrics_version != METRICS_VERSION:
-        raise AtlasFileError(f"{meta_path} uses metric definitions v{meta.metrics_version}, "
-                             f"this tlatlas uses v{METRICS_VERSION}; recompute the atlas")
-    try:
-        tensors = load_file(str(tensors_path))
-    except (SafetensorError, OSError) as err:
-        raise AtlasFileError(f"{tensors_path} is damaged or truncated: {err}") from err
-    expected = header["tensors"]
-    if set(tensors) != set(expected):
-        raise AtlasFileError(f"{tensors_path} holds tensors {sorted(tensors)}, "
-                             f"its JSON lists {sorted(expected)}")
-    for name, shape in expected.items():
-        if list(tensors[name].shape) != shape:
-            raise AtlasFileError(f"{tensors_path}: tensor {name} has shape "
-                                 f"{list(tensors[name].shape)}, expected {shape}")
     f, n_l = len(header["families"]), len(header["layers"])
     if tensors["layer.sum"].shape != (len(METRICS), len(COMPONENTS), n_l, f):
         raise AtlasFileError(f"{tensors_path}: layer.sum does not match "
