@@ -190,9 +190,14 @@ def test_changed_suite_hash_or_code_version_invalidates_a_cached_result(
 
 def test_real_blocks_on_a_tiny_model_and_claims_cite_existing_results(tiny_dirs, tmp_path, marks):
     root, model = tmp_path / "exp", str(tiny_dirs["llama"])
-    code = runner.main(["--model", model, "--blocks", "hub-replication,suite-breadth,t-fast-a",
+    code = runner.main(["--model", model, "--blocks",
+                        "hub-replication,suite-breadth,ablation-kinds,t-fast-a",
                         "--seeds", "42", "137", "--root", str(root)])
     assert code == 0
+    kinds = read_record(root, ResultKey(block="ablation-kinds", model=model, seed=42,
+                                        size="smoke"))["value"]
+    assert set(kinds["hubs"]) == {"zero", "mean", "resample"}
+    assert all(x > 0 for x in kinds["max_effect"].values())
     hub = read_record(root, ResultKey(block="hub-replication", model=model, seed=42, size="smoke"))
     v = hub["value"]
     assert v["n_layers"] == 3 and v["n_examples"] == 12
@@ -211,6 +216,7 @@ def test_real_blocks_on_a_tiny_model_and_claims_cite_existing_results(tiny_dirs,
     claims = paths["claim"].read_text()
     assert f"is L{v['kl']['hub_layer']} of 3" in claims
     assert "t-fast-a doubled seed 137 to 274" in claims
+    assert "hub by ablation kind zero L" in claims
     # a result that is removed takes its statements with it
     (root / ResultKey(block="t-fast-a", model=model, seed=137, size="smoke").relpath).unlink()
     assert "seed 137 to 274" not in write_claims(root)["claim"].read_text()

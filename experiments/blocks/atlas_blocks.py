@@ -225,12 +225,13 @@ def summarize_ablation_kinds(results: dict[str, list[dict]]) -> list[Statement]:
     for (model, size), recs in _by_model(results.get("ablation-kinds", [])).items():
         for r in sorted(recs, key=lambda r: r["seed"]):
             v = r["value"]
-            hubs = {k: h["kl"]["hub_layer"] for k, h in v["hubs"].items()}
+            kinds = ("zero", "mean", "resample")  # result JSON sorts its keys
+            hubs = {k: v["hubs"][k]["kl"]["hub_layer"] for k in kinds}
             out.append(Statement(kind="claim", sources=(r["path"],), text=(
                 f"{model} ({size}, seed {r['seed']}): hub by ablation kind "
                 + ", ".join(f"{k} L{h}" for k, h in hubs.items())
                 + "; largest layer effect " + ", ".join(
-                    f"{k} {x:.3f}" for k, x in v["max_effect"].items())
+                    f"{k} {v['max_effect'][k]:.3f}" for k in kinds)
                 + " nats; Spearman of layer profiles " + ", ".join(
                     f"{k} {x:.2f}" for k, x in v["layer_effect_spearman"].items()) + ".")))
             if v["max_effect"]["mean"] > 0:
@@ -249,7 +250,8 @@ def summarize_ablation_kinds(results: dict[str, list[dict]]) -> list[Statement]:
 register_block(Block(
     id="ablation-kinds", priority=50, tags=("atlas",),
     question="Do zero, mean and resample ablation agree on the hub and the layer profile?",
-    params=_per_family(1, 8), cost=_cost(120, 1000, 9000), run=run_ablation_kinds,
+    # resample ablation draws donors within a family's batch: at least 2 examples per family
+    params=_per_family(2, 8), cost=_cost(200, 1000, 9000), run=run_ablation_kinds,
     summarize=summarize_ablation_kinds))
 
 
