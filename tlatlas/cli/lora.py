@@ -95,8 +95,8 @@ def _skip_rows(out: dict) -> None:
 
 
 def _stability_rows(out: dict) -> None:
-    print(f"LoRA on {out['family']}, layers {out['plan']['layers']}, modules "
-          f"{out['plan']['modules']}")
+    print(f"LoRA on {out['family']}, layers {list(out['plan']['layers'])}, modules "
+          f"{list(out['plan']['modules'])}")
     print(f"{'step':>5} {'hub':>4} {'effect':>8} {'agree':>6} {'spearman':>8} {'loss':>8}  "
           "per-family argmax")
     for r in out["rows"]:
