@@ -36,6 +36,14 @@ class Cost:
     """GPUs to request from a cluster scheduler (0: CPU is fine)."""
 
 
+def size_costs(smoke: float, small: float, full: float, *, memory: float = 2.0,
+               full_memory: float | None = None) -> dict[str, Cost]:
+    """Costs per size from seconds per size; ``full`` asks for a GPU."""
+    return {"smoke": Cost(seconds=smoke, memory_gb=memory),
+            "small": Cost(seconds=small, memory_gb=memory),
+            "full": Cost(seconds=full, memory_gb=full_memory or memory, gpus=1.0)}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Statement:
     """One sentence of claims.md / threats.md / gems.md, backed by results."""

@@ -9,7 +9,7 @@ Smoke size (CPU, SmolLM2-135M, one seed, about 6 minutes for these six):
 
 from collections import defaultdict
 
-from experiments.blocks import Block, Cost, Statement, register_block
+from experiments.blocks import Block, Statement, register_block, size_costs
 
 FOUR_FAMILIES = ("json", "factual", "code", "arithmetic")
 """The narrower suite of the origin report (its first four families)."""
@@ -21,9 +21,7 @@ def _per_family(smoke: int, small: int, **extra) -> dict:
 
 
 def _cost(smoke: float, small: float, full: float, memory: float = 2.0) -> dict:
-    return {"smoke": Cost(seconds=smoke, memory_gb=memory),
-            "small": Cost(seconds=small, memory_gb=memory),
-            "full": Cost(seconds=full, memory_gb=memory, gpus=1.0)}
+    return size_costs(smoke, small, full, memory=memory)
 
 
 def hub_value(atlas, *, families=None) -> dict:

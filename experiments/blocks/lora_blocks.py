@@ -9,7 +9,7 @@ pipeline works, not which strategy wins):
 
 from collections import defaultdict
 
-from experiments.blocks import Block, Cost, Statement, register_block
+from experiments.blocks import Block, Statement, register_block, size_costs
 from experiments.blocks.atlas_blocks import _by_model
 
 
@@ -34,8 +34,7 @@ def _top_k(ctx) -> int:
 
 
 def _cost(smoke: float, small: float, full: float) -> dict:
-    return {"smoke": Cost(seconds=smoke, memory_gb=3.0), "small": Cost(seconds=small, memory_gb=3.0),
-            "full": Cost(seconds=full, memory_gb=6.0, gpus=1.0)}
+    return size_costs(smoke, small, full, memory=3.0, full_memory=6.0)
 
 
 def _mean_rows(rows: list[dict], key: str) -> dict[str, dict]:

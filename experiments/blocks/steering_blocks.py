@@ -8,7 +8,7 @@ Smoke size (CPU, SmolLM2-135M, one seed):
     python -m experiments.run --models smollm2-135m gemma3-270m --size smoke --blocks steer-transfer
 """
 
-from experiments.blocks import Block, Cost, Statement, register_block
+from experiments.blocks import Block, Statement, register_block, size_costs
 from experiments.blocks.atlas_blocks import _by_model
 from experiments.context import release_models
 
@@ -20,9 +20,7 @@ def _sized(smoke: dict, small: dict, full: dict) -> dict:
 
 
 def _cost(smoke: float, small: float, full: float, memory: float = 3.0) -> dict:
-    return {"smoke": Cost(seconds=smoke, memory_gb=memory),
-            "small": Cost(seconds=small, memory_gb=memory),
-            "full": Cost(seconds=full, memory_gb=memory * 2, gpus=1.0)}
+    return size_costs(smoke, small, full, memory=memory, full_memory=memory * 2)
 
 
 def _layers(params: dict, n_layers: int) -> tuple[int, ...]:
