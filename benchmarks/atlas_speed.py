@@ -92,7 +92,7 @@ def tl_patching_position_map(model, examples, batch_size):
     """TransformerLens's own patching: zero 'clean cache' patched into each (layer, pos)."""
     from transformer_lens import patching
 
-    from tlatlas.atlas import family_batches
+    from tlatlas.atlas.engine import family_batches
     from tlatlas.evaluate import scored_logits
     from tlatlas.metrics import effects
     from tlatlas.tokens import encode_batch
@@ -133,10 +133,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from tlatlas.atlas import AtlasConfig, compute_atlas_sums
-    from tlatlas.attribution import attribution_sums, spearman
+    from tlatlas.atlas.attribution import attribution_sums
+    from tlatlas.atlas.config import AtlasConfig
+    from tlatlas.atlas.sweep import compute_atlas_sums
     from tlatlas.metrics import METRICS
     from tlatlas.models import load_model
+    from tlatlas.stats import spearman
     from tlatlas.tasks import build_suite
 
     model = load_model(args.model)

@@ -56,9 +56,9 @@ def timed_run(cmd: list[str], threads: int) -> float:
 
 def torchrun_comparison(args: argparse.Namespace, work: Path) -> dict:
     """1 process x ``threads`` threads vs ``nproc`` torchrun ranks x ``threads/nproc``."""
-    from tlatlas.atlas import mean_effect
-    from tlatlas.hubs import hub_summary
-    from tlatlas.store import load_atlas
+    from tlatlas.atlas.hubs import hub_summary
+    from tlatlas.atlas.store import load_atlas
+    from tlatlas.atlas.sums import mean_effect
 
     per_rank = max(1, args.threads // args.nproc)
     single_cmd = [sys.executable, "-m", "tlatlas", *atlas_args(args, work / "single")]

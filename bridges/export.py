@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from bridges.names import MODULES, ModuleName, hf_module_names
-from tlatlas.atlas import AtlasSums, mean_effect
+from tlatlas.atlas.sums import AtlasSums, mean_effect
 
 Strategy = Literal["atlas", "random", "all-linear"]
 STRATEGIES: tuple[Strategy, ...] = ("atlas", "random", "all-linear")

@@ -10,8 +10,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tlatlas.atlas import family_batches
-from tlatlas.forward import clean_run
+from tlatlas.atlas.engine import family_batches
+from tlatlas.models.forward import clean_run
 from tlatlas.tasks import Example
 from tlatlas.tokens import encode_batch
 

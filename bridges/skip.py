@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from bridges.export import plan_for_layers
 from bridges.names import MODULES
 from bridges.train import TrainConfig, evaluate, split, train_lora
-from tlatlas.atlas import AtlasSums, mean_effect
+from tlatlas.atlas.sums import AtlasSums, mean_effect
 from tlatlas.metrics import effects
 from tlatlas.tasks import Example
 from tlatlas.tokens import encode_batch

@@ -24,11 +24,12 @@ import torch
 
 from bridges.export import plan_lora
 from bridges.train import TrainConfig, evaluate, split, train_lora
-from tlatlas.atlas import AtlasConfig, AtlasSums
-from tlatlas.attribution import spearman
-from tlatlas.hubs import hub_summary
+from tlatlas.atlas.config import AtlasConfig
+from tlatlas.atlas.hubs import hub_summary
+from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
+from tlatlas.atlas.sums import AtlasSums
 from tlatlas.models import LoadedModel
-from tlatlas.pipeline import SuiteSpec, build_atlas
+from tlatlas.stats import spearman
 
 DEFAULT_TRAIN = TrainConfig(steps=20)
 
@@ -39,11 +40,11 @@ def loaded_from_hf(model: LoadedModel, hf_model, *, label: str) -> LoadedModel:
     The fingerprint keeps ``model``'s and appends ``label`` to its weights hash, so an
     atlas of the adapted model is never mistaken for the base model's.
     """
-    from tlatlas.models import _boot_bridge, weights_dir
+    from tlatlas.models import boot_bridge, weights_dir
 
     hf_model.eval()
     dev = next(hf_model.parameters()).device
-    bridge = _boot_bridge(weights_dir(model.name), hf_model, model.tokenizer, dev)
+    bridge = boot_bridge(weights_dir(model.name), hf_model, model.tokenizer, dev)
     fingerprint = replace(model.fingerprint,
                           weights_sha256=f"{model.fingerprint.weights_sha256}+{label}")
     return LoadedModel(name=f"{model.name}+{label}", bridge=bridge, hf_model=hf_model,

@@ -21,7 +21,7 @@ from bridges.export import plan_for_layers, plan_lora, rank_for_budget
 from bridges.influence import block_influence
 from bridges.names import MODULES
 from bridges.train import TrainConfig, train_lora
-from tlatlas.atlas import AtlasSums
+from tlatlas.atlas.sums import AtlasSums
 from tlatlas.tasks import build_suite
 
 MODULE_SETS = {"o": ("o",), "qkv": ("q", "k", "v"), "mlp": ("gate", "in", "out"), "all": MODULES}

@@ -159,7 +159,7 @@ def train_lora(source, plan, config: TrainConfig, *, quantization=None, device=N
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(weights_dir(source)))
     if base is None and quantization is not None:
-        from bridges.quant import load_quantized_hf
+        from tlatlas.models.quant import load_quantized_hf
 
         base = load_quantized_hf(source, quantization, device=device)
     elif base is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from experiments.blocks import Statement, all_blocks
 from experiments.records import RESULT_KIND, RESULTS_DIR
-from tlatlas.store import atomic_write
+from tlatlas.io import atomic_write
 
 FILES = {"claim": "claims.md", "threat": "threats.md", "gem": "gems.md"}
 TITLES = {"claim": "Claims", "threat": "Threats to validity", "gem": "Gems"}

@@ -96,9 +96,9 @@ class BlockContext:
               positions: bool = False, layers: Sequence[int] | None = None,
               families: Sequence[str] | None = None):
         """The atlas of ``models[model]`` on this run's suite, computed once and kept on disk."""
-        from tlatlas.atlas import AtlasConfig
-        from tlatlas.pipeline import SuiteSpec, build_atlas
-        from tlatlas.store import atlas_paths, load_atlas, save_atlas
+        from tlatlas.atlas.config import AtlasConfig
+        from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
+        from tlatlas.atlas.store import atlas_paths, load_atlas, save_atlas
 
         loaded = self.model(model)
         fams = families if families is not None else self.params.get("families")

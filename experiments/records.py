@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import tlatlas
-from tlatlas.store import atomic_write
+from tlatlas.io import atomic_write
 
 RESULT_KIND = "tlatlas.experiment_result"
 RESULT_FORMAT_VERSION = 1

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from tlatlas.ablation import ablation_hook, hooks_attached, position_mask
+from tlatlas.atlas.ablation import ablation_hook, position_mask
+from tlatlas.hooks import hooks_attached
 from tlatlas.tasks import build_suite
 from tlatlas.tokens import encode_batch
 

@@ -4,12 +4,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tlatlas.ablation import RoleStats, resample_donors
-from tlatlas.atlas import AtlasConfig, compute_atlas_sums, family_batches
+from tlatlas.atlas.ablation import RoleStats, resample_donors
+from tlatlas.atlas.config import AtlasConfig
+from tlatlas.atlas.engine import family_batches
+from tlatlas.atlas.hubs import hub_summary, seed_spread
+from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
+from tlatlas.atlas.store import atlas_paths, load_atlas, merge_atlases, save_atlas
+from tlatlas.atlas.sweep import compute_atlas_sums
 from tlatlas.errors import AtlasFileError, FingerprintMismatchError, LayerOutOfRangeError
-from tlatlas.hubs import hub_summary, seed_spread
-from tlatlas.pipeline import SuiteSpec, build_atlas
-from tlatlas.store import atlas_paths, load_atlas, merge_atlases, save_atlas
 from tlatlas.tasks import build_suite
 
 TOL = 1e-4  # fp32, per example
@@ -42,7 +44,8 @@ def test_fast_exact_equals_naive(tiny_models, small_examples, arch, ablation):
     model = tiny_models[arch]
     means = None
     if ablation == "mean":
-        from tlatlas.atlas import atlas_hook_names, reference_stats
+        from tlatlas.atlas.config import atlas_hook_names
+        from tlatlas.atlas.sweep import reference_stats
 
         ref = list(build_suite("synthetic", seed=7, per_family=2, families=["ioi", "factual", "code"]))
         means = reference_stats(model, ref, atlas_hook_names(range(model.n_layers), True)[0])
@@ -65,7 +68,8 @@ def test_mean_ablation_uses_a_reference_set_not_the_scored_batch(tiny_models):
     ref = build_suite("synthetic", seed=42 + 1_000_003, per_family=16, families=["ioi", "code"])
     assert not scored & {e.prompt for e in ref}
     # Means over the scored batch would give a different (and wrong) atlas.
-    from tlatlas.atlas import atlas_hook_names, reference_stats
+    from tlatlas.atlas.config import atlas_hook_names
+    from tlatlas.atlas.sweep import reference_stats
 
     names = atlas_hook_names(range(model.n_layers), False)[0]
     own = reference_stats(model, list(build_suite("synthetic", seed=42, per_family=2,

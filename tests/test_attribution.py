@@ -3,20 +3,15 @@ import math
 import pytest
 import torch
 
-from tlatlas.ablation import RoleStats, position_mask, replacement, write_hook
-from tlatlas.atlas import (
-    COMPONENT_HOOKS,
-    COMPONENTS,
-    POS_COMPONENTS,
-    AtlasConfig,
-    compute_atlas_sums,
-    hook_name,
-    mean_effect,
-    reference_stats,
-)
-from tlatlas.attribution import attribution_effects, attribution_sums, spearman
-from tlatlas.forward import clean_run
+from tlatlas.atlas.ablation import RoleStats, position_mask, replacement, write_hook
+from tlatlas.atlas.attribution import attribution_effects, attribution_sums
+from tlatlas.atlas.config import COMPONENT_HOOKS, COMPONENTS, POS_COMPONENTS, AtlasConfig
+from tlatlas.atlas.sums import mean_effect
+from tlatlas.atlas.sweep import compute_atlas_sums, reference_stats
+from tlatlas.hooks import hook_name
 from tlatlas.metrics import METRICS
+from tlatlas.models.forward import clean_run
+from tlatlas.stats import spearman
 from tlatlas.tasks import build_suite
 from tlatlas.tokens import encode_batch
 

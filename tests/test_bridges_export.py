@@ -3,9 +3,9 @@ import json
 import pytest
 
 from bridges.export import STRATEGIES, plan_lora, rank_layers, write_adapter_config
-from tlatlas.atlas import AtlasConfig
+from tlatlas.atlas.config import AtlasConfig
+from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
 from tlatlas.models import load_hf_model
-from tlatlas.pipeline import SuiteSpec, build_atlas
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_budget_is_never_exceeded(tiny_models, tiny_atlas):
 
 
 def test_export_cli_refuses_a_mismatched_atlas(tiny_dirs, tiny_models, tiny_atlas, tmp_path, capsys):
+    from tlatlas.atlas.store import save_atlas
     from tlatlas.cli import main
-    from tlatlas.store import save_atlas
 
     save_atlas(tiny_atlas, tmp_path / "a")
     assert main(["export-lora", str(tmp_path / "a"), "--strategy", "atlas", "--top-k", "2",

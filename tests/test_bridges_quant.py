@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from bridges.quant import (
+from tlatlas.errors import FingerprintMismatchError
+from tlatlas.metrics import effects
+from tlatlas.models.quant import (
     QuantizationUnavailableError,
     QuantSpec,
     load_quantized_hf,
     load_quantized_model,
     parse_precision,
 )
-from tlatlas.errors import FingerprintMismatchError
-from tlatlas.metrics import effects
 
 pytestmark = pytest.mark.bitsandbytes
 SPECS = [QuantSpec(kind="nf4", compute="fp32"), QuantSpec(kind="nf4", compute="bf16"),
@@ -66,7 +66,7 @@ def test_settings_are_explicit_never_defaults():
 
 
 def test_missing_bitsandbytes_is_a_clear_error(monkeypatch, tiny_dirs):
-    import bridges.quant as quant
+    import tlatlas.models.quant as quant
 
     monkeypatch.setattr(quant, "bitsandbytes_available", lambda: False)
     with pytest.raises(QuantizationUnavailableError, match="pip install"):

@@ -15,10 +15,11 @@ from bridges.skip import (
     top_overlap,
 )
 from bridges.train import TrainConfig, answer_loss, lm_batch, split
-from tlatlas.atlas import AtlasConfig, mean_effect
+from tlatlas.atlas.config import AtlasConfig
+from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
+from tlatlas.atlas.store import save_atlas
+from tlatlas.atlas.sums import mean_effect
 from tlatlas.models import load_hf_model
-from tlatlas.pipeline import SuiteSpec, build_atlas
-from tlatlas.store import save_atlas
 from tlatlas.tasks import build_suite
 
 PROMPTS = TrainConfig(family="any", steps=0, n_train=2, n_heldout=1)

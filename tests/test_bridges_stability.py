@@ -6,10 +6,10 @@ import torch
 from bridges.export import plan_lora
 from bridges.stability import loaded_from_hf, merged_copy, stability_study
 from bridges.train import TrainConfig
-from tlatlas.atlas import AtlasConfig
-from tlatlas.hubs import hub_summary
-from tlatlas.pipeline import SuiteSpec, build_atlas
-from tlatlas.store import save_atlas
+from tlatlas.atlas.config import AtlasConfig
+from tlatlas.atlas.hubs import hub_summary
+from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
+from tlatlas.atlas.store import save_atlas
 
 SPEC = SuiteSpec(per_family=2, families=("ioi", "code"))
 CONFIG = AtlasConfig(batch_size=2)

@@ -6,9 +6,9 @@ import torch
 from bridges.adalora import adalora_plan, train_adalora
 from bridges.influence import block_influence
 from bridges.train import TrainConfig
-from tlatlas.atlas import AtlasConfig
-from tlatlas.pipeline import SuiteSpec, build_atlas
-from tlatlas.store import save_atlas
+from tlatlas.atlas.config import AtlasConfig
+from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
+from tlatlas.atlas.store import save_atlas
 from tlatlas.tasks import build_suite
 
 

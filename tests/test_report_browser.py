@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tlatlas.atlas import AtlasConfig
-from tlatlas.pipeline import SuiteSpec, build_atlas
-from tlatlas.posmap import atlas_position_maps
-from tlatlas.store import save_atlas
+from tlatlas.atlas.config import AtlasConfig
+from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
+from tlatlas.atlas.posmap import atlas_position_maps
+from tlatlas.atlas.store import save_atlas
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -4,8 +4,8 @@ import weakref
 import pytest
 import torch
 
-from tlatlas.forward import clean_run
 from tlatlas.models import load_model
+from tlatlas.models.forward import clean_run
 from tlatlas.steering import (
     SteeringConfig,
     SteeringError,
@@ -20,12 +20,8 @@ from tlatlas.steering import (
     steering_vectors,
     vectors_from_sums,
 )
-from tlatlas.steering_precision import (
-    PrecisionUnavailableError,
-    check_precision,
-    precision_sweep,
-)
-from tlatlas.steering_result import (
+from tlatlas.steering.precision import PrecisionUnavailableError, check_precision, precision_sweep
+from tlatlas.steering.result import (
     SteeringFileError,
     SteeringResult,
     load_steering,
@@ -76,7 +72,7 @@ class LiveModels:
         if label is None or label == "fp32":
             model = load_model(source, device="cpu", dtype=torch.float32)
         else:
-            from tlatlas.steering_precision import load_precision
+            from tlatlas.steering.precision import load_precision
 
             model = load_precision(source, label, device="cpu")
         self.refs.append(weakref.ref(model))
@@ -251,7 +247,7 @@ def test_unavailable_precision_is_a_clear_error(tiny_dirs, suite, vectors, monke
         precision_sweep(tiny_dirs["llama"], suite, vectors, SteeringConfig(), ["fp32", "fp16"],
                         device="cpu", loader=lambda s, p: calls.append(p))
     assert calls == []
-    import bridges.quant as quant
+    import tlatlas.models.quant as quant
 
     monkeypatch.setattr(quant, "bitsandbytes_available", lambda: False)
     with pytest.raises(PrecisionUnavailableError, match="nf4-bf16: .*pip install"):
@@ -334,7 +330,7 @@ def test_plot_steering_one_panel_per_precision(llama, suite, vectors):
 
 
 def test_transfer_to_itself_recovers_r2_one_and_one_model_at_a_time(tiny_dirs, suite, tmp_path):
-    from tlatlas.steering_transfer import TransferConfig, save_transfer, steering_transfer
+    from tlatlas.steering.transfer import TransferConfig, save_transfer, steering_transfer
 
     live = LiveModels()
     prompts = [e.prompt for e in build_suite("synthetic", seed=7, per_family=8)]
@@ -353,7 +349,7 @@ def test_transfer_to_itself_recovers_r2_one_and_one_model_at_a_time(tiny_dirs, s
 
 
 def test_transfer_between_models_by_last_token(tiny_dirs, suite, tmp_path):
-    from tlatlas.steering_transfer import TransferConfig, TransferError, steering_transfer
+    from tlatlas.steering.transfer import TransferConfig, TransferError, steering_transfer
 
     prompts = [e.prompt for e in build_suite("synthetic", seed=7, per_family=10)]
     result = steering_transfer(tiny_dirs["llama"], tiny_dirs["qwen2"], suite, workdir=tmp_path,

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from tlatlas.atlas import AtlasConfig, AtlasSums, compute_atlas_sums, mean_effect, offset_effect
-from tlatlas.hubs import hub_summary, seed_spread
+from tlatlas.atlas.config import AtlasConfig
+from tlatlas.atlas.hubs import hub_summary, seed_spread
+from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
+from tlatlas.atlas.posmap import PositionMap, atlas_position_maps, position_map, position_maps
+from tlatlas.atlas.store import save_atlas
+from tlatlas.atlas.sums import AtlasSums, mean_effect, offset_effect
+from tlatlas.atlas.sweep import compute_atlas_sums
 from tlatlas.metrics import METRICS
-from tlatlas.pipeline import SuiteSpec, build_atlas
-from tlatlas.posmap import PositionMap, atlas_position_maps, position_map, position_maps
-from tlatlas.store import save_atlas
 from tlatlas.tasks import build_suite
 from tlatlas.tokens import encode_batch
 
@@ -110,7 +112,7 @@ def test_position_map_resample_and_mean_run(tiny_models):
 
 
 def test_default_map_layers():
-    from tlatlas.posmap import default_map_layers
+    from tlatlas.atlas.posmap import default_map_layers
 
     assert default_map_layers(synthetic_sums(n_layers=5)) == (0, 1, 2, 3, 4)
     sums = AtlasSums.empty(("json",), range(30), positions=False, max_offset=4)
@@ -323,10 +325,10 @@ def test_report_is_self_contained(run_dir, tiny_models, tmp_path):
     assert page.count(circuitsvis_script()) == 1
     assert page.replace(circuitsvis_script(), "").count("<script>") == 2  # the bundle, one mount
     assert "CircuitsVis.TextNeuronActivations" in page
-    from tlatlas.store import load_atlas
+    from tlatlas.atlas.store import load_atlas
 
     meta = load_atlas(run_dir / "atlas" / "seed1").meta
-    from tlatlas.steering_result import load_steering
+    from tlatlas.steering.result import load_steering
 
     steer = load_steering(run_dir / "steer" / "steering").meta
     for text in (meta.fingerprint.short, meta.suite_hash, meta.command, "tlatlas study x",

@@ -26,7 +26,7 @@ def _cost(smoke: float, small: float, full: float, memory: float = 2.0) -> dict:
 
 def hub_value(atlas, *, families=None) -> dict:
     """The hub summary of an atlas as plain JSON (KL and Δlogp of block ablation)."""
-    from tlatlas.hubs import hub_summary
+    from tlatlas.atlas.hubs import hub_summary
 
     kl = hub_summary(atlas.sums, metric="kl", families=families)
     dlogp = hub_summary(atlas.sums, metric="dlogp", families=families)
@@ -49,7 +49,7 @@ def run_hub_replication(ctx) -> dict:
 
 
 def summarize_hub_replication(results: dict[str, list[dict]]) -> list[Statement]:
-    from tlatlas.hubs import HubSummary, seed_spread
+    from tlatlas.atlas.hubs import HubSummary, seed_spread
 
     out = []
     for (model, size), recs in _by_model(results.get("hub-replication", [])).items():
@@ -102,7 +102,7 @@ def run_nl_hub(ctx) -> dict:
     synthetic = hub_value(ctx.atlas(kind="synthetic"))
     import torch
 
-    from tlatlas.attribution import spearman
+    from tlatlas.stats import spearman
 
     rho = spearman(torch.tensor(nl["kl"]["layer_effect"]),
                    torch.tensor(synthetic["kl"]["layer_effect"]))
@@ -164,7 +164,7 @@ register_block(Block(
 
 
 def run_position_bias(ctx) -> dict:
-    from tlatlas.atlas import role_effect
+    from tlatlas.atlas.sums import role_effect
     from tlatlas.tokens import ROLES
 
     n = ctx.model().n_layers
@@ -206,7 +206,7 @@ register_block(Block(
 def run_ablation_kinds(ctx) -> dict:
     import torch
 
-    from tlatlas.attribution import spearman
+    from tlatlas.stats import spearman
 
     values, profiles = {}, {}
     for kind in ("zero", "mean", "resample"):

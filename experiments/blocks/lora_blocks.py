@@ -188,7 +188,7 @@ register_block(Block(
 
 def run_checkpoint_lockin(ctx) -> dict:
     from bridges.stability import stability_study
-    from tlatlas.pipeline import SuiteSpec
+    from tlatlas.atlas.pipeline import SuiteSpec
 
     p = ctx.params
     spec = SuiteSpec(per_family=p["per_family"] or 8, seed=ctx.seed)

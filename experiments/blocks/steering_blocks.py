@@ -42,7 +42,7 @@ def run_quant_speed(ctx) -> dict:
     import torch
 
     from tlatlas.metrics import effects
-    from tlatlas.steering_precision import free_model, load_precision, time_forward
+    from tlatlas.steering.precision import free_model, load_precision, time_forward
     from tlatlas.tokens import encode_batch
 
     examples = list(ctx.suite())
@@ -177,7 +177,7 @@ register_block(Block(
 
 def run_steer_quant(ctx) -> dict:
     from tlatlas.steering import steering_vectors
-    from tlatlas.steering_precision import precision_sweep
+    from tlatlas.steering.precision import precision_sweep
 
     model = ctx.model()
     examples = list(ctx.suite())
@@ -239,7 +239,7 @@ register_block(Block(
 
 def run_steer_transfer(ctx) -> dict:
     from tlatlas.steering import SteeringConfig
-    from tlatlas.steering_transfer import steering_transfer
+    from tlatlas.steering.transfer import steering_transfer
 
     release_models()  # the transfer loads A, then B, never both
     work = ctx.root / "artifacts" / "transfer" / f"{ctx.size}-seed{ctx.seed}"

@@ -7,7 +7,7 @@ from tlatlas.cli.common import hub_table, parse_shard, role_table
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
-    from tlatlas.distributed import RankFailedError, env_context, process_group
+    from tlatlas.atlas.distributed import RankFailedError, env_context, process_group
 
     dist = env_context()  # set when launched by torchrun
     if dist is None:
@@ -34,11 +34,11 @@ def _atlas(args: argparse.Namespace, dist) -> int:
 
     from tqdm import tqdm
 
-    from tlatlas.atlas import AtlasConfig
-    from tlatlas.distributed import collective_step
-    from tlatlas.hubs import hub_summary
-    from tlatlas.pipeline import SuiteSpec, build_atlas
-    from tlatlas.store import save_atlas
+    from tlatlas.atlas.config import AtlasConfig
+    from tlatlas.atlas.distributed import collective_step
+    from tlatlas.atlas.hubs import hub_summary
+    from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
+    from tlatlas.atlas.store import save_atlas
 
     primary = dist is None or dist.is_primary
     shard = parse_shard(args.shard)
@@ -81,7 +81,7 @@ def _atlas(args: argparse.Namespace, dist) -> int:
 def _load_model(source: str, dist):
     """Load on this rank's device. Under torchrun local rank 0 loads first, so a first-use
     conversion (a GGUF into the cache) runs once per machine and the others read the cache."""
-    from tlatlas.distributed import collective_step
+    from tlatlas.atlas.distributed import collective_step
     from tlatlas.models import load_model
 
     if dist is None:
@@ -95,8 +95,8 @@ def _load_model(source: str, dist):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from tlatlas.hubs import hub_summary
-    from tlatlas.store import find_atlases, load_atlas
+    from tlatlas.atlas.hubs import hub_summary
+    from tlatlas.atlas.store import find_atlases, load_atlas
 
     stems = find_atlases(args.dir)
     if not stems:
@@ -120,7 +120,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from tlatlas.store import load_atlas, merge_atlases, save_atlas
+    from tlatlas.atlas.store import load_atlas, merge_atlases, save_atlas
 
     merged = merge_atlases([load_atlas(s) for s in args.shards])
     paths = save_atlas(merged, args.out)

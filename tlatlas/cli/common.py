@@ -28,7 +28,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def hub_table(rows: list[tuple[int, object]]) -> None:
     """Print hub, agreement and flatness per seed, then the spread across seeds."""
-    from tlatlas.hubs import seed_spread
+    from tlatlas.atlas.hubs import seed_spread
 
     print(f"{'seed':>6} {'hub':>4} {'effect':>9} {'agree':>6} {'least':>6} {'effect':>9}")
     for seed, h in rows:
@@ -43,7 +43,7 @@ def hub_table(rows: list[tuple[int, object]]) -> None:
 
 def role_table(sums, metric: str) -> None:
     """Effect of ablating one position of each role, per layer (position bias)."""
-    from tlatlas.atlas import role_effect
+    from tlatlas.atlas.sums import role_effect
     from tlatlas.tokens import ROLES
 
     for comp in ("resid", "block"):

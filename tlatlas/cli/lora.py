@@ -8,8 +8,8 @@ import sys
 def cmd_export_lora(args: argparse.Namespace) -> int:
     from bridges.export import plan_lora, write_adapter_config
     from bridges.names import leaf_to_short
+    from tlatlas.atlas.store import load_atlas
     from tlatlas.models import load_model, weights_dir
-    from tlatlas.store import load_atlas
 
     atlas = load_atlas(args.atlas)
     source = args.model or atlas.meta.model
@@ -34,10 +34,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from bridges.export import plan_lora
     from bridges.names import leaf_to_short
-    from bridges.quant import parse_precision
     from bridges.train import TrainConfig, train_lora
+    from tlatlas.atlas.store import load_atlas
     from tlatlas.models import load_model
-    from tlatlas.store import load_atlas
+    from tlatlas.models.quant import parse_precision
 
     model = load_model(args.model)
     atlas = None
@@ -113,8 +113,9 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     from bridges.export import rank_layers
     from bridges.train import TrainConfig
+    from tlatlas.atlas.store import load_atlas
+    from tlatlas.io import atomic_write
     from tlatlas.models import load_model
-    from tlatlas.store import atomic_write, load_atlas
 
     model = load_model(args.model, device=args.device)
     atlas = load_atlas(args.atlas, fingerprint=model.fingerprint, force=args.force)
@@ -147,8 +148,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                                on_run=say)
     else:
         from bridges.stability import stability_study
-        from tlatlas.atlas import AtlasConfig
-        from tlatlas.pipeline import SuiteSpec
+        from tlatlas.atlas.config import AtlasConfig
+        from tlatlas.atlas.pipeline import SuiteSpec
 
         fams = tuple(args.atlas_families) if args.atlas_families else atlas.sums.families
         out = stability_study(args.model, model, atlas.sums, family=args.families[0],

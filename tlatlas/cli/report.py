@@ -14,8 +14,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     loaded: dict[str, object] = {}
 
     def position_maps_for(atlas):
+        from tlatlas.atlas.posmap import atlas_position_maps
         from tlatlas.models import load_model
-        from tlatlas.posmap import atlas_position_maps
 
         name = args.model or atlas.meta.model
         if name not in loaded:

@@ -53,12 +53,12 @@ def cmd_steer(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from tlatlas.io import atomic_write
     from tlatlas.models import load_model
     from tlatlas.steering import contrastive_vectors, steering_vectors
-    from tlatlas.steering_precision import check_precision, free_model, precision_sweep
-    from tlatlas.steering_result import SteeringConfig, parse_scales, save_steering
-    from tlatlas.steering_tables import full_report, summary_lines
-    from tlatlas.store import atomic_write
+    from tlatlas.steering.precision import check_precision, free_model, precision_sweep
+    from tlatlas.steering.result import SteeringConfig, parse_scales, save_steering
+    from tlatlas.steering.tables import full_report, summary_lines
 
     precisions = [check_precision(p.strip(), args.device) for p in args.precision.split(",")]
     # LLM.int8 casts activations to fp16 on every matmul and logs it each time: say it once
@@ -109,8 +109,8 @@ def cmd_steer_transfer(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from tlatlas.steering_result import SteeringConfig, parse_scales
-    from tlatlas.steering_transfer import TransferConfig, save_transfer, steering_transfer
+    from tlatlas.steering.result import SteeringConfig, parse_scales
+    from tlatlas.steering.transfer import TransferConfig, save_transfer, steering_transfer
 
     pairs = None
     if args.pairs:

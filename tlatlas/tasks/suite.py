@@ -29,7 +29,7 @@ SuiteKind = Literal["synthetic", "nl"]
 KINDS: tuple[str, ...] = ("synthetic", "nl")
 
 
-def _canonical_order(names: Sequence[str]) -> tuple[str, ...]:
+def canonical_order(names: Sequence[str]) -> tuple[str, ...]:
     """Registered names in registration order, then any unregistered ones as first seen."""
     present = dict.fromkeys(names)
     return tuple(n for n in FAMILIES if n in present) + tuple(
@@ -56,7 +56,7 @@ class Suite:
     @property
     def families(self) -> tuple[str, ...]:
         """Names of the families present, in canonical order."""
-        return _canonical_order([ex.family for ex in self.examples])
+        return canonical_order([ex.family for ex in self.examples])
 
     def by_family(self) -> dict[str, tuple[Example, ...]]:
         """Examples of each family, in canonical family order and suite order within."""
@@ -83,7 +83,7 @@ class Suite:
         return iter(self.examples)
 
     def _regroup(self, groups: dict[str, Sequence[Example]]) -> "Suite":
-        examples = tuple(ex for name in _canonical_order(list(groups)) for ex in groups[name])
+        examples = tuple(ex for name in canonical_order(list(groups)) for ex in groups[name])
         return Suite(kind=self.kind, seed=self.seed, examples=examples)
 
     def subset(self, families: Sequence[str]) -> "Suite":
@@ -189,7 +189,7 @@ def build_suite(
     if isinstance(families, str):
         families = [families]
     names = list(FAMILIES) if families is None else [get_family(n).name for n in families]
-    names = list(_canonical_order(names))
+    names = list(canonical_order(names))
     sizes = default_counts(kind, names) if per_family is None else dict.fromkeys(names, per_family)
     examples: list[Example] = []
     for name in names:

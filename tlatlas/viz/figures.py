@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from tlatlas.atlas import AtlasSums, mean_effect, offset_effect  # noqa: E402
-from tlatlas.hubs import HubSummary, SeedSpread, hub_summary  # noqa: E402
-from tlatlas.posmap import PositionMap  # noqa: E402
+from tlatlas.atlas.hubs import HubSummary, SeedSpread, hub_summary
+from tlatlas.atlas.posmap import PositionMap
+from tlatlas.atlas.sums import AtlasSums, mean_effect, offset_effect
 
 UNITS = {"kl": "KL (nats)", "dlogp": "Δlogp (nats)", "acc_drop": "accuracy drop"}
 CMAP = "viridis"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from tlatlas.posmap import PositionMap
+from tlatlas.atlas.posmap import PositionMap
 
 MOUNT_CLASS = "tlatlas-circuitsvis"
 """CSS class of every ``<div>`` a circuitsvis component mounts into."""

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from tlatlas import __version__
+from tlatlas.atlas.store import Atlas, load_atlas
 from tlatlas.errors import TlatlasError
-from tlatlas.store import Atlas, atomic_write, load_atlas
+from tlatlas.io import atomic_write
 
 REPORT_TITLE = "tlatlas report"
 
@@ -151,7 +152,7 @@ def atlas_provenance(atlas: Atlas) -> dict[str, Any]:
 def atlas_sections(atlases: Sequence[Atlas], *, position_maps: Sequence = (),
                    label: str = "atlas") -> list[Section]:
     """Figures of the atlases of one sweep (one per seed) and their per-prompt maps."""
-    from tlatlas.hubs import hub_summary, seed_spread
+    from tlatlas.atlas.hubs import hub_summary, seed_spread
     from tlatlas.viz.figures import (
         hub_per_seed,
         layer_family_heatmap,
@@ -313,7 +314,7 @@ def report_sections(run_dir: str | os.PathLike[str], *,
 def steering_sections(root: Path) -> list[Section]:
     """One section per steering result below ``root``: KL against scale per layer with the
     random control band, one panel per precision, and the most steerable layer per family."""
-    from tlatlas.steering_result import load_steering
+    from tlatlas.steering.result import load_steering
     from tlatlas.viz.steering_plots import plot_steering
 
     sections = []

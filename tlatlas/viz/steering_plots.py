@@ -9,7 +9,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from tlatlas.steering_result import SteeringResult
+from tlatlas.steering.result import SteeringResult
 
 
 def plot_steering(result: SteeringResult, *, family: str | None = None,

@@ -26,30 +26,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from tlatlas.ablation import HookFn, hooks_attached
-from tlatlas.models import LoadedModel
-
-
-def patch_bridge_kv_cache() -> None:
-    """Make TransformerLens 4.3's attention bridges honour transformers 5's KV cache.
-
-    transformers 5 passes the cache to attention as ``cache=``; TransformerLens 4.3's
-    ``AttentionBridge._update_kv_cache`` only reads ``past_key_values=``, so without this
-    the cache is never filled and a cached suffix run attends to nothing. Idempotent.
-    """
-    from transformer_lens.model_bridge.generalized_components import attention
-
-    original = attention.AttentionBridge._update_kv_cache
-    if getattr(original, "_tlatlas_patched", False):
-        return
-
-    def _update_kv_cache(self, k, v, **kwargs):
-        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
-            kwargs["past_key_values"] = kwargs["cache"]
-        return original(self, k, v, **kwargs)
-
-    _update_kv_cache._tlatlas_patched = True  # type: ignore[attr-defined]
-    attention.AttentionBridge._update_kv_cache = _update_kv_cache
+from tlatlas.hooks import HookFn, hooks_attached
+from tlatlas.models.loading import LoadedModel
+from tlatlas.models.tl_compat import check_kv_cache, patch_bridge_kv_cache
 
 
 def _layers_path(model: LoadedModel) -> tuple[str, str]:
@@ -124,6 +103,7 @@ def clean_run(model: LoadedModel, tokens: Int[Tensor, "batch pos"], scored_pos: 
     with torch.inference_mode():
         logits = unembed(model, hidden[rows, scored_pos.to(hidden.device)])
     kv = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+    check_kv_cache(kv, int(tokens.shape[1]))
     return CleanRun(scored_logits=logits, acts=acts, kv=kv)
 
 

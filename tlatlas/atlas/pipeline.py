@@ -4,14 +4,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from tlatlas.atlas import (
-    AtlasConfig,
-    atlas_hook_names,
-    check_layers,
-    compute_atlas_sums,
-    reference_stats,
-)
-from tlatlas.distributed import (
+from tlatlas.atlas.config import AtlasConfig, atlas_hook_names
+from tlatlas.atlas.distributed import (
     DistContext,
     all_reduce_role_stats,
     all_reduce_sums,
@@ -19,8 +13,9 @@ from tlatlas.distributed import (
     fault_hook,
     max_over_ranks,
 )
-from tlatlas.models import LoadedModel
-from tlatlas.store import Atlas, AtlasMeta
+from tlatlas.atlas.store import Atlas, AtlasMeta
+from tlatlas.atlas.sweep import compute_atlas_sums, reference_stats
+from tlatlas.models import LoadedModel, check_layers
 from tlatlas.tasks import build_suite
 
 REFERENCE_SEED_OFFSET = 1_000_003
@@ -97,7 +92,7 @@ def build_atlas(
     on_batch = _chain(on_batch, fault_hook(dist))
     with collective_step(dist, "atlas sweep"):
         if method == "attribution":
-            from tlatlas.attribution import attribution_sums
+            from tlatlas.atlas.attribution import attribution_sums
 
             sums = attribution_sums(model, list(scored), ablation=config.ablation, means=means,
                                     batch_size=config.batch_size, positions=config.positions,

@@ -23,9 +23,18 @@ from typing import Literal
 import torch
 
 from tlatlas.errors import TlatlasError
+from tlatlas.models.fingerprint import fingerprint_of, weights_sha256
+from tlatlas.models.loading import (
+    DTYPES,
+    LoadedModel,
+    boot_bridge,
+    default_device,
+    load_hf_model,
+    resolve_source,
+    weights_dir,
+)
 
 QuantKind = Literal["nf4", "int8"]
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class QuantizationUnavailableError(TlatlasError):
@@ -50,8 +59,8 @@ class QuantSpec:
     def __post_init__(self) -> None:
         if self.kind not in ("nf4", "int8"):
             raise ValueError(f"unknown quantization {self.kind!r}; choose nf4 or int8")
-        if self.compute not in _DTYPES:
-            raise ValueError(f"unknown compute dtype {self.compute!r}; choose {', '.join(_DTYPES)}")
+        if self.compute not in DTYPES:
+            raise ValueError(f"unknown compute dtype {self.compute!r}; choose {', '.join(DTYPES)}")
 
     @property
     def label(self) -> str:
@@ -66,7 +75,7 @@ class QuantSpec:
             return BitsAndBytesConfig(load_in_8bit=True)
         return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=_DTYPES[self.compute],
+            bnb_4bit_compute_dtype=DTYPES[self.compute],
             bnb_4bit_use_double_quant=self.double_quant,
         )
 
@@ -77,7 +86,7 @@ class QuantSpec:
 
 def parse_precision(text: str) -> QuantSpec | None:
     """``fp32``/``bf16``/``fp16`` -> None (not quantized); ``nf4``, ``nf4-bf16``, ``int8`` -> spec."""
-    if text in _DTYPES:
+    if text in DTYPES:
         return None
     if text == "int8":
         return QuantSpec(kind="int8")
@@ -88,7 +97,8 @@ def parse_precision(text: str) -> QuantSpec | None:
     raise ValueError(f"unknown precision {text!r}; e.g. fp32, bf16, nf4, nf4-bf16, int8")
 
 
-def _check(device: torch.device) -> None:
+def check_quantization_available(device: torch.device) -> None:
+    """Raise QuantizationUnavailableError unless bitsandbytes can run on ``device``."""
     if not bitsandbytes_available():
         raise QuantizationUnavailableError(
             "quantized copies need bitsandbytes: pip install 'bitsandbytes>=0.46'")
@@ -98,10 +108,8 @@ def _check(device: torch.device) -> None:
 
 def load_quantized_hf(source, spec: QuantSpec, *, device: str | torch.device | None = None):
     """A plain quantized HF model of ``source`` (for QLoRA)."""
-    from tlatlas.models import default_device, load_hf_model
-
     dev = torch.device(device) if device is not None else default_device()
-    _check(dev)
+    check_quantization_available(dev)
     device_map = {"": dev.index or 0} if dev.type == "cuda" else "cpu"
     return load_hf_model(source, device=dev, dtype=torch.float32 if dev.type == "cpu" else
                          torch.bfloat16, quantization_config=spec.bnb_config(),
@@ -109,27 +117,18 @@ def load_quantized_hf(source, spec: QuantSpec, *, device: str | torch.device | N
 
 
 def load_quantized_model(source, spec: QuantSpec, *, device: str | torch.device | None = None):
-    """A :class:`~tlatlas.models.LoadedModel` whose bridge wraps the quantized model.
+    """A :class:`~tlatlas.models.loading.LoadedModel` whose bridge wraps the quantized model.
 
     Its fingerprint records the quantization, so an atlas of the quantized copy is never
     mistaken for one of the full-precision model.
     """
     from transformers import AutoTokenizer
 
-    from tlatlas.models import (
-        LoadedModel,
-        _boot_bridge,
-        fingerprint_of,
-        resolve_source,
-        weights_dir,
-        weights_sha256,
-    )
-
     hf_model = load_quantized_hf(source, spec, device=device)
     fingerprint = fingerprint_of(hf_model, weights_sha256(resolve_source(source)[1]), spec.label)
     path = weights_dir(source)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     dev = next(hf_model.parameters()).device
-    bridge = _boot_bridge(path, hf_model, tokenizer, dev)
+    bridge = boot_bridge(path, hf_model, tokenizer, dev)
     return LoadedModel(name=f"{source}@{spec.label}", bridge=bridge, hf_model=hf_model,
                        tokenizer=tokenizer, fingerprint=fingerprint, path=path)

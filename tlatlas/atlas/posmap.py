@@ -5,8 +5,8 @@ The atlas stores position effects aggregated by role and by offset from the scor
 :class:`PositionMap` is that per-prompt view, for a handful of prompts, for pictures
 (:mod:`tlatlas.viz.maps` colours each prompt's tokens by it).
 
-It is computed by the atlas's own exact fast path (:func:`tlatlas.atlas._position_effects`
-on a :class:`tlatlas.atlas._BatchContext`), so a map and an atlas built on the same prompts
+It is computed by the atlas's own exact fast path (:func:`tlatlas.atlas.position_effects`
+on a :class:`tlatlas.atlas.AblationBatch`), so a map and an atlas built on the same prompts
 agree entry by entry.
 """
 
@@ -18,21 +18,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tlatlas.ablation import AblationKind, RoleStats, resample_donors
-from tlatlas.atlas import (
-    POS_COMPONENTS,
-    AtlasConfig,
-    Method,
-    _BatchContext,
-    _position_effects,
-    _replacements,
-    atlas_hook_names,
-    check_layers,
-    family_batches,
-)
-from tlatlas.forward import clean_run
+from tlatlas.atlas.ablation import AblationKind, RoleStats, resample_donors
+from tlatlas.atlas.config import POS_COMPONENTS, AtlasConfig, Method, atlas_hook_names
+from tlatlas.atlas.engine import family_batches
+from tlatlas.atlas.sweep import AblationBatch, position_effects, replacements
 from tlatlas.metrics import METRICS
-from tlatlas.models import LoadedModel
+from tlatlas.models import LoadedModel, check_layers
+from tlatlas.models.forward import clean_run
 from tlatlas.tasks import Example
 from tlatlas.tokens import encode_batch
 
@@ -188,9 +180,9 @@ def position_maps(
         if ablation == "resample":
             gen = torch.Generator().manual_seed(config.resample_seed * 1_000_003 + bi)
             donors = resample_donors(batch.families, gen)
-        values = _replacements(batch, clean, config, means, swept, hooks, donors)
-        ctx = _BatchContext(model=model, batch=batch, clean=clean, values=values)
-        pos_e = _position_effects(ctx, swept, config.method, config.position_chunk)
+        values = replacements(batch, clean, config, means, swept, hooks, donors)
+        ctx = AblationBatch(model=model, batch=batch, clean=clean, values=values)
+        pos_e = position_effects(ctx, swept, config.method, config.position_chunk)
         for r, ex in enumerate(exs):
             n_tok = int(batch.scored_pos[r]) + 1
             toks = token_strings(model.tokenizer, batch.tokens[r, :n_tok].tolist())
@@ -213,7 +205,7 @@ def position_maps(
 def default_map_layers(sums, max_layers: int = 10) -> tuple[int, ...]:
     """Up to ``max_layers`` evenly spaced layers of an atlas (first and last included),
     plus its hub: a position map costs a sweep over positions per layer."""
-    from tlatlas.hubs import hub_summary
+    from tlatlas.atlas.hubs import hub_summary
 
     layers = list(sums.layers)
     if len(layers) <= max_layers:
@@ -242,8 +234,8 @@ def atlas_position_maps(
     as :func:`tlatlas.pipeline.build_atlas` draws it. ``layers`` defaults to
     :func:`default_map_layers`.
     """
-    from tlatlas.atlas import reference_stats
-    from tlatlas.pipeline import REFERENCE_SEED_OFFSET
+    from tlatlas.atlas.pipeline import REFERENCE_SEED_OFFSET
+    from tlatlas.atlas.sweep import reference_stats
     from tlatlas.tasks import build_suite
 
     meta = atlas.meta

@@ -43,27 +43,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tlatlas.ablation import (
-    AblationKind,
-    RoleStats,
-    check_kind,
-    hooks_attached,
-    position_mask,
-    replacement,
-)
-from tlatlas.atlas import (
-    COMPONENT_HOOKS,
-    COMPONENTS,
-    POS_COMPONENTS,
-    AtlasSums,
-    _accumulate,
-    check_layers,
-    family_batches,
-    hook_name,
-)
-from tlatlas.forward import CleanRun, decoder, unembed
+from tlatlas.atlas.ablation import AblationKind, RoleStats, check_kind, position_mask, replacement
+from tlatlas.atlas.config import COMPONENT_HOOKS, COMPONENTS, POS_COMPONENTS
+from tlatlas.atlas.engine import family_batches
+from tlatlas.atlas.sums import AtlasSums, accumulate
+from tlatlas.hooks import hook_name, hooks_attached
 from tlatlas.metrics import METRICS
-from tlatlas.models import LoadedModel
+from tlatlas.models import LoadedModel, check_layers
+from tlatlas.models.forward import CleanRun, decoder, unembed
 from tlatlas.tasks import Example
 from tlatlas.tokens import TokenBatch, encode_batch
 
@@ -244,7 +231,7 @@ def attribution_sums(
         batch = encode_batch(exs, model.tokenizer)
         clean, layer_e, pos_e = attribution_effects(model, batch, layer_ids, ablation=ablation,
                                                     means=means, positions=positions)
-        _accumulate(sums, batch, clean, _as_metric_slots(layer_e),
+        accumulate(sums, batch, clean, _as_metric_slots(layer_e),
                     None if pos_e is None else _as_metric_slots(pos_e))
         if on_batch is not None:
             on_batch(len(batch))
@@ -254,36 +241,3 @@ def attribution_sums(
                 if metric not in ESTIMATED_METRICS:
                     sums.tensors[key][m] = float("nan")
     return sums
-
-
-# --------------------------------------------------------------------------- agreement
-
-
-def _average_ranks(x: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
-    """1-based ranks, ties sharing their average rank."""
-    _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    return (ends - (counts.double() - 1) / 2)[inverse]
-
-
-def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman rank correlation of two same-shape tensors, flattened.
-
-    Pairs where either value is NaN (or infinite) are ignored; ties get average ranks.
-    Returns NaN when either side is constant over the kept pairs.
-
-    Raises:
-        ValueError: the shapes differ or fewer than two pairs remain.
-    """
-    if a.shape != b.shape:
-        raise ValueError(f"spearman needs tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    x, y = a.detach().flatten().double().cpu(), b.detach().flatten().double().cpu()
-    keep = torch.isfinite(x) & torch.isfinite(y)
-    if int(keep.sum()) < 2:
-        raise ValueError("spearman needs at least two pairs without NaN")
-    rx, ry = _average_ranks(x[keep]), _average_ranks(y[keep])
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = (rx.square().sum() * ry.square().sum()).sqrt()
-    if float(denom) == 0.0:
-        return float("nan")
-    return float((rx * ry).sum() / denom)

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from tlatlas.atlas import AtlasSums, mean_effect
+from tlatlas.atlas.sums import AtlasSums, mean_effect
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,4 @@
-"""Zero, mean and resample ablation as pure tensor functions and scoped hooks.
+"""Zero, mean and resample ablation as pure tensor functions and hook functions.
 
 A hook here is a TransformerLens forward hook ``fn(activation, hook) -> activation``
 on any hook point (``blocks.{L}.hook_attn_out`` and friends). Which positions are
@@ -12,8 +12,6 @@ ablated is a boolean mask built by :func:`position_mask`; what replaces them is
   role (BOS to BOS, last to last, body positions by distance from the last token).
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,12 +19,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tlatlas.hooks import HookFn
 from tlatlas.tokens import ROLE_BODY, ROLE_BOS, ROLE_LAST, ROLE_PAD, ROLES
 
 AblationKind = Literal["zero", "mean", "resample"]
 ABLATION_KINDS: tuple[AblationKind, ...] = ("zero", "mean", "resample")
 Positions = Literal["all", "bos", "body", "last"] | int
-HookFn = Callable[[Tensor, object], Tensor]
 
 
 def check_kind(kind: str) -> AblationKind:
@@ -233,17 +231,3 @@ def write_hook(
         return ablate_where(act, value, mask)
 
     return hook
-
-
-@contextmanager
-def hooks_attached(bridge, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[None]:
-    """Attach forward hooks for the duration of the block; always removed in ``finally``."""
-    unknown = [name for name, _ in fwd_hooks if name not in bridge.hook_dict]
-    if unknown:
-        raise KeyError(f"no such hook point(s): {', '.join(unknown)}")
-    try:
-        for name, fn in fwd_hooks:
-            bridge.add_hook(name, fn)
-        yield
-    finally:
-        bridge.reset_hooks()

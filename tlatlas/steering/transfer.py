@@ -24,25 +24,25 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tlatlas.errors import TlatlasError
-from tlatlas.forward import clean_run
+from tlatlas.io import atomic_write
 from tlatlas.models import LoadedModel, load_model
-from tlatlas.steering import (
-    SteeringVectors,
-    encode_prompts,
-    resid_hook,
-    steer_mask,
-    steering_sweep,
-    steering_vectors,
-)
-from tlatlas.steering_precision import free_model
-from tlatlas.steering_result import (
+from tlatlas.models.forward import clean_run
+from tlatlas.steering.precision import free_model
+from tlatlas.steering.result import (
     SteeringConfig,
     SteeringResult,
     examples_hash,
     load_steering,
     save_steering,
 )
-from tlatlas.store import atomic_write
+from tlatlas.steering.sweep import steering_sweep
+from tlatlas.steering.vectors import (
+    SteeringVectors,
+    encode_prompts,
+    resid_hook,
+    steer_mask,
+    steering_vectors,
+)
 from tlatlas.tasks import Example
 from tlatlas.tokens import ROLE_PAD
 

@@ -18,11 +18,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from tlatlas.atlas import check_layers
 from tlatlas.errors import TlatlasError
-from tlatlas.forward import clean_run
-from tlatlas.models import Fingerprint, LoadedModel
+from tlatlas.models import Fingerprint, LoadedModel, check_layers
+from tlatlas.models.forward import clean_run
 from tlatlas.tasks import Example
+from tlatlas.tasks.suite import canonical_order
 from tlatlas.tokens import ROLE_BODY, ROLE_BOS, ROLE_LAST, ROLE_PAD, bos_id
 
 VECTORS_KIND = "tlatlas.steering_vectors"
@@ -276,10 +276,8 @@ def steering_vectors(
     on_batch: Callable[[int], None] | None = None,
 ) -> SteeringVectors:
     """Difference-of-means steering vectors of every family in ``examples`` (DESIGN §5)."""
-    from tlatlas.tasks.suite import _canonical_order
-
     examples = list(examples)
-    families = _canonical_order([e.family for e in examples])
+    families = canonical_order([e.family for e in examples])
     return vectors_from_sums(steering_sums(model, examples, layers=layers, batch_size=batch_size,
                                            families=families, on_batch=on_batch))
 

@@ -18,7 +18,8 @@ from typing import Any
 from torch import Tensor
 
 from tlatlas import __version__
-from tlatlas.atlas import COMPONENTS, POS_COMPONENTS, AtlasSums
+from tlatlas.atlas.config import COMPONENTS, POS_COMPONENTS
+from tlatlas.atlas.sums import AtlasSums
 from tlatlas.errors import AtlasFileError
 from tlatlas.metrics import METRICS, METRICS_VERSION
 from tlatlas.models import Fingerprint

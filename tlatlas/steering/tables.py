@@ -5,7 +5,7 @@ import json
 import torch
 
 from tlatlas.models import Fingerprint
-from tlatlas.steering_result import REFERENCE_PRECISION, SteeringResult
+from tlatlas.steering.result import REFERENCE_PRECISION, SteeringResult
 
 
 def layer_scale_table(result: SteeringResult, precision: str, what: str = "kl") -> str:

@@ -1,6 +1,6 @@
 """Steering (DESIGN §5 "Steering"): the scoped hook and the layer x scale sweep.
 
-- **Vectors** (:mod:`tlatlas.steering_vectors`, re-exported here): difference of means
+- **Vectors** (:mod:`tlatlas.steering.vectors`): difference of means
   on ``resid_post`` per family, or a user's contrastive pair, unit-normalised and scaled
   by the layer's typical residual norm.
 - **Hook**: :func:`steering` adds ``delta`` to ``blocks.L.hook_resid_post`` at every
@@ -8,8 +8,8 @@
 - **Sweep**: :func:`steering_sweep` measures KL(p_clean ‖ p_steered) and Δlogp of each
   family's answer at the scored position for every layer and scale, next to the
   norm-matched random control (K random directions of the same norm).
-- Precision rows: :mod:`tlatlas.steering_precision`; transfer between models:
-  :mod:`tlatlas.steering_transfer`; results and files: :mod:`tlatlas.steering_result`.
+- Precision rows: :mod:`tlatlas.steering.precision`; transfer between models:
+  :mod:`tlatlas.steering.transfer`; results and files: :mod:`tlatlas.steering.result`.
 """
 
 import time
@@ -21,36 +21,26 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from tlatlas.ablation import HookFn, hooks_attached
-from tlatlas.atlas import check_layers, family_batches
-from tlatlas.forward import clean_run, run_from_layer
+from tlatlas.atlas.engine import family_batches
+from tlatlas.hooks import HookFn, hooks_attached
 from tlatlas.metrics import effects
-from tlatlas.models import LoadedModel
-from tlatlas.steering_result import (
+from tlatlas.models import LoadedModel, check_layers
+from tlatlas.models.forward import clean_run, run_from_layer
+from tlatlas.steering.result import (
     SteeringConfig,
     SteeringResult,
     examples_hash,
-    load_steering,
     precision_label,
-    save_steering,
 )
-from tlatlas.steering_vectors import (
+from tlatlas.steering.vectors import (
     SteeringError,
-    SteeringSums,
     SteeringVectors,
-    contrast_from_sums,
-    contrastive_vectors,
-    encode_prompts,
-    prompt_sums,
     random_directions,
     resid_hook,
     steer_mask,
-    steering_sums,
-    steering_vectors,
-    typical_norms,
-    vectors_from_sums,
 )
 from tlatlas.tasks import Example
+from tlatlas.tasks.suite import canonical_order
 from tlatlas.tokens import encode_batch
 
 # --------------------------------------------------------------------------- the hook
@@ -151,9 +141,7 @@ def steering_sweep(
     if not examples:
         raise SteeringError("no examples to steer")
     layers = _sweep_layers(model, vectors, config)
-    from tlatlas.tasks.suite import _canonical_order
-
-    families = _canonical_order([e.family for e in examples])
+    families = canonical_order([e.family for e in examples])
     scales = torch.tensor(config.scales, dtype=torch.float32)
     nz = torch.nonzero(scales != 0)[:, 0]
     k = config.random_draws
@@ -210,11 +198,3 @@ def steering_sweep(
         precision=precision_label(model), tensors=t, vectors=vectors, config=config,
         suite_hash=suite_hash, n_examples=len(examples), command=command,
         seconds=time.perf_counter() - start, suite_kind=suite_kind, seed=seed)
-
-
-__all__ = ["SteeringConfig", "SteeringResult", "SteeringSums", "SteeringVectors", "SteeringError",
-           "encode_prompts", "resid_hook", "typical_norms",
-           "steering_vectors", "contrastive_vectors", "steering_sums", "prompt_sums",
-           "vectors_from_sums", "contrast_from_sums", "random_directions", "steering",
-           "steering_hook", "add_steering", "steer_mask", "steering_sweep", "save_steering",
-           "load_steering"]

@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from tlatlas.atlas import family_batches
+from tlatlas.atlas.engine import family_batches
 from tlatlas.errors import TlatlasError
 from tlatlas.models import LoadedModel, default_device, load_model
-from tlatlas.steering import SteeringVectors, steering_sweep
-from tlatlas.steering_result import SteeringConfig, SteeringResult, examples_hash
+from tlatlas.steering.result import SteeringConfig, SteeringResult, examples_hash
+from tlatlas.steering.sweep import steering_sweep
+from tlatlas.steering.vectors import SteeringVectors
 from tlatlas.tasks import Example
 from tlatlas.tokens import encode_batch
 
@@ -33,7 +34,7 @@ class PrecisionUnavailableError(TlatlasError):
 
 def normalise_precision(label: str) -> str:
     """Canonical label: ``nf4`` -> ``nf4-fp32``; unknown labels are a clear error."""
-    from bridges.quant import parse_precision
+    from tlatlas.models.quant import parse_precision
 
     if label in DTYPES:
         return label
@@ -55,11 +56,14 @@ def check_precision(label: str, device: torch.device | str | None = None) -> str
     if label == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise PrecisionUnavailableError("this GPU does not support bf16; use fp16 or fp32")
     if label not in DTYPES:
-        from bridges.quant import QuantizationUnavailableError, _check, parse_precision
+        from tlatlas.models.quant import (
+            QuantizationUnavailableError,
+            parse_precision,
+        )
 
         spec = parse_precision(label)
         try:
-            _check(dev)
+            check_quantization_available(dev)
         except QuantizationUnavailableError as err:
             raise PrecisionUnavailableError(f"{label}: {err}") from err
         if dev.type == "cpu" and spec is not None and spec.compute == "fp16":
@@ -72,7 +76,7 @@ def load_precision(source, label: str, *, device: torch.device | str | None = No
     label = check_precision(label, device)
     if label in DTYPES:
         return load_model(source, device=device, dtype=DTYPES[label])
-    from bridges.quant import load_quantized_model, parse_precision
+    from tlatlas.models.quant import load_quantized_model, parse_precision
 
     return load_quantized_model(source, parse_precision(label), device=device)
 

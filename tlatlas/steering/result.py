@@ -21,9 +21,9 @@ from torch import Tensor
 
 from tlatlas import __version__
 from tlatlas.errors import AtlasFileError, TlatlasError
+from tlatlas.io import atomic_write, read_result_files
 from tlatlas.metrics import METRICS_VERSION
 from tlatlas.models import Fingerprint, LoadedModel
-from tlatlas.store import atomic_write, read_result_files
 from tlatlas.tasks import Example
 
 RESULT_KIND = "tlatlas.steering"

@@ -29,8 +29,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from tlatlas.ablation import RoleStats
-from tlatlas.atlas import AtlasSums
+from tlatlas.atlas.ablation import RoleStats
+from tlatlas.atlas.sums import AtlasSums
 from tlatlas.errors import TlatlasError
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)

@@ -1,0 +1,64 @@
+"""What an atlas sweeps: components, their hook points, and :class:`AtlasConfig`."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from tlatlas.atlas.ablation import AblationKind, check_kind
+from tlatlas.hooks import hook_name
+
+COMPONENTS = ("attn", "mlp", "block")
+"""Layer-map components: attention output, MLP output, both (the block's whole write)."""
+POS_COMPONENTS = ("resid", "block")
+"""Position-map components: the residual stream after the block, and the block's write."""
+COMPONENT_HOOKS = {
+    "attn": ("hook_attn_out",),
+    "mlp": ("hook_mlp_out",),
+    "block": ("hook_attn_out", "hook_mlp_out"),
+    "resid": ("hook_resid_post",),
+}
+Method = Literal["exact", "naive"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AtlasConfig:
+    """How an atlas is computed."""
+
+    ablation: AblationKind = "zero"
+    """What replaces an ablated activation."""
+    method: Method = "exact"
+    """``exact`` (fast, reuses the clean run) or ``naive`` (one forward per intervention)."""
+    positions: bool = False
+    """Also compute the position-resolved maps (cost ~ layers x positions forwards)."""
+    max_offset: int = 32
+    """Position map width: distances 0..max_offset-1 before the scored position."""
+    batch_size: int = 8
+    """Examples per forward (batches never mix families)."""
+    position_chunk: int = 16
+    """Exact position map: positions stacked into one forward (the keys/values of the
+    positions before the chunk are reused from the clean run)."""
+    layers: tuple[int, ...] | None = None
+    """Layers to sweep (default all)."""
+    resample_seed: int = 0
+    """Seed of the donor draws of resample ablation."""
+
+    def __post_init__(self) -> None:
+        check_kind(self.ablation)
+        if self.method not in ("exact", "naive"):
+            raise ValueError(f"unknown method {self.method!r}; choose exact or naive")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2 (resample needs a donor in the batch)")
+        if self.max_offset < 1:
+            raise ValueError("max_offset must be >= 1")
+        if self.position_chunk < 1:
+            raise ValueError("position_chunk must be >= 1")
+
+
+
+
+def atlas_hook_names(layers: Sequence[int], positions: bool) -> tuple[list[str], list[str]]:
+    """(hooks whose replacement values are needed, hooks the clean run must cache)."""
+    ablated = ["hook_attn_out", "hook_mlp_out"] + (["hook_resid_post"] if positions else [])
+    values = [hook_name(layer, h) for layer in layers for h in ablated]
+    cached = values + [hook_name(layer, "hook_resid_pre") for layer in layers]
+    return values, cached
