@@ -92,14 +92,12 @@ def tl_patching_position_map(model, examples, batch_size):
     """TransformerLens's own patching: zero 'clean cache' patched into each (layer, pos)."""
     from transformer_lens import patching
 
-    from tlatlas.atlas.engine import family_batches
+    from tlatlas.atlas.engine import encoded_batches
     from tlatlas.evaluate import scored_logits
     from tlatlas.metrics import effects
-    from tlatlas.tokens import encode_batch
 
     out = []
-    for exs in family_batches(examples, batch_size):
-        batch = encode_batch(exs, model.tokenizer)
+    for _, batch in encoded_batches(examples, model.tokenizer, batch_size=batch_size):
         tokens = batch.tokens.to(model.device)
         clean = scored_logits(model, batch)
         zeros = {f"blocks.{layer}.hook_resid_pre": torch.zeros(*tokens.shape, model.d_model,

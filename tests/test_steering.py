@@ -11,7 +11,6 @@ from tlatlas.steering import (
     SteeringError,
     add_steering,
     contrastive_vectors,
-    encode_prompts,
     random_directions,
     steer_mask,
     steering,
@@ -30,7 +29,7 @@ from tlatlas.steering.result import (
     steering_paths,
 )
 from tlatlas.tasks import build_suite
-from tlatlas.tokens import ROLE_BOS, ROLE_PAD
+from tlatlas.tokens import ROLE_BOS, ROLE_PAD, encode_prompts
 
 FAMILIES = ["json", "factual", "arithmetic"]
 
@@ -91,7 +90,7 @@ def test_vectors_are_deterministic_unit_and_the_difference_of_means(llama, suite
     # reference: each prompt alone (no padding), every position after BOS
     acts = {f: [] for f in FAMILIES}
     for ex in suite:
-        tokens, roles = encode_prompts([ex.prompt], llama.tokenizer)
+        tokens = encode_prompts([ex.prompt], llama.tokenizer).tokens
         _, cache = llama.bridge.run_with_cache(tokens)
         acts[ex.family].append(torch.stack([cache[f"blocks.{i}.hook_resid_post"][0, 1:]
                                             for i in range(3)]))
@@ -129,7 +128,8 @@ def test_contrastive_vectors_flip_with_the_pair(llama):
 
 
 def test_steering_hook_leaves_bos_and_padding_untouched(llama):
-    tokens, roles = encode_prompts(["a", "the capital of France is"], llama.tokenizer)
+    enc = encode_prompts(["a", "the capital of France is"], llama.tokenizer)
+    tokens, roles = enc.tokens, enc.roles
     assert (roles == ROLE_PAD).any() and (roles[:, 0] == ROLE_BOS).all()
     delta = torch.randn(2, llama.d_model) * 5
     out = add_steering(torch.zeros(2, tokens.shape[1], llama.d_model), delta, steer_mask(roles))
@@ -184,7 +184,8 @@ def test_scale_zero_gives_kl_exactly_zero(llama, suite, vectors):
     assert (result.tensors["random.kl.sum"][:, :, 1] == 0).all()
     assert (result.kl()[:, :, [0, 2]] > 0).all()
     # and a real hooked forward with s = 0 is bitwise the clean forward
-    tokens, roles = encode_prompts([e.prompt for e in suite], llama.tokenizer)
+    enc = encode_prompts([e.prompt for e in suite], llama.tokenizer)
+    tokens, roles = enc.tokens, enc.roles
     delta = 0.0 * vectors.directions[0, 1].expand(len(suite), -1)
     with torch.no_grad():
         plain = llama.bridge(tokens)

@@ -45,14 +45,14 @@ from torch import Tensor
 
 from tlatlas.atlas.ablation import AblationKind, RoleStats, check_kind, position_mask, replacement
 from tlatlas.atlas.config import COMPONENT_HOOKS, COMPONENTS, POS_COMPONENTS
-from tlatlas.atlas.engine import family_batches
+from tlatlas.atlas.engine import encoded_batches
 from tlatlas.atlas.sums import AtlasSums, accumulate
 from tlatlas.hooks import hook_name, hooks_attached
 from tlatlas.metrics import METRICS
 from tlatlas.models import LoadedModel, check_layers
 from tlatlas.models.forward import CleanRun, decoder, unembed
 from tlatlas.tasks import Example
-from tlatlas.tokens import TokenBatch, encode_batch
+from tlatlas.tokens import TokenBatch
 
 ATTRIBUTION_KINDS: tuple[AblationKind, ...] = ("zero", "mean")
 """Ablations with a first-order estimate (resample needs the exact atlas)."""
@@ -227,12 +227,11 @@ def attribution_sums(
     layer_ids = check_layers(model, layers)
     fams = tuple(families) if families is not None else tuple(dict.fromkeys(e.family for e in examples))
     sums = AtlasSums.empty(fams, layer_ids, positions=positions, max_offset=max_offset)
-    for exs in family_batches(examples, batch_size):
-        batch = encode_batch(exs, model.tokenizer)
+    for _, batch in encoded_batches(examples, model.tokenizer, batch_size=batch_size):
         clean, layer_e, pos_e = attribution_effects(model, batch, layer_ids, ablation=ablation,
                                                     means=means, positions=positions)
         accumulate(sums, batch, clean, _as_metric_slots(layer_e),
-                    None if pos_e is None else _as_metric_slots(pos_e))
+                   None if pos_e is None else _as_metric_slots(pos_e))
         if on_batch is not None:
             on_batch(len(batch))
     for key in ("layer.sum", "role.sum", "offset.sum"):

@@ -49,12 +49,20 @@ def clean_batches(model: LoadedModel, examples: Sequence[Example], hook_names: S
                   *, batch_size: int) -> Iterator[CleanBatch]:
     """Family batches of ``examples``, each encoded and run clean once, caching the
     activations at ``hook_names``. Memory stays flat: one batch is alive at a time."""
+    for index, (exs, batch) in enumerate(encoded_batches(examples, model.tokenizer,
+                                                         batch_size=batch_size)):
+        yield CleanBatch(index=index, examples=exs, batch=batch,
+                         clean=run_clean(model, batch, hook_names))
+
+
+def encoded_batches(examples: Sequence[Example], tokenizer, *, batch_size: int
+                    ) -> Iterator[tuple[tuple[Example, ...], TokenBatch]]:
+    """Family batches of ``examples``, encoded (for passes that are not clean runs, such
+    as attribution's forward and backward)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for index, exs in enumerate(family_batches(examples, batch_size)):
-        batch = encode_batch(exs, model.tokenizer)
-        yield CleanBatch(index=index, examples=tuple(exs), batch=batch,
-                         clean=run_clean(model, batch, hook_names))
+    for exs in family_batches(examples, batch_size):
+        yield tuple(exs), encode_batch(exs, tokenizer)
 
 
 def clean_token_batches(model: LoadedModel, batches: Iterable[TokenBatch],

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from tlatlas.atlas.sums import AtlasSums, mean_effect
+from tlatlas.io import known_fields
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +44,7 @@ class HubSummary:
 
     @classmethod
     def from_dict(cls, d: dict) -> "HubSummary":
-        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        fields = known_fields(cls, d)
         return cls(**{**fields, "layer_effect": tuple(fields["layer_effect"])})
 
 

@@ -5,9 +5,10 @@ The atlas stores position effects aggregated by role and by offset from the scor
 :class:`PositionMap` is that per-prompt view, for a handful of prompts, for pictures
 (:mod:`tlatlas.viz.maps` colours each prompt's tokens by it).
 
-It is computed by the atlas's own exact fast path (:func:`tlatlas.atlas.position_effects`
-on a :class:`tlatlas.atlas.AblationBatch`), so a map and an atlas built on the same prompts
-agree entry by entry.
+It is computed by the atlas's own exact fast path
+(:func:`tlatlas.atlas.sweep.position_effects` on an
+:class:`~tlatlas.atlas.sweep.AblationBatch`), so a map and an atlas built on the same
+prompts agree entry by entry.
 """
 
 from collections.abc import Callable, Sequence
@@ -18,15 +19,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tlatlas.atlas.ablation import AblationKind, RoleStats, resample_donors
+from tlatlas.atlas.ablation import AblationKind, RoleStats
 from tlatlas.atlas.config import POS_COMPONENTS, AtlasConfig, Method, atlas_hook_names
-from tlatlas.atlas.engine import family_batches
-from tlatlas.atlas.sweep import AblationBatch, position_effects, replacements
+from tlatlas.atlas.engine import clean_batches
+from tlatlas.atlas.sweep import ablation_batch, position_effects
 from tlatlas.metrics import METRICS
 from tlatlas.models import LoadedModel, check_layers
-from tlatlas.models.forward import clean_run
 from tlatlas.tasks import Example
-from tlatlas.tokens import encode_batch
 
 POSMAP_KIND = "tlatlas.position_map"
 POSMAP_FORMAT_VERSION = 1
@@ -173,17 +172,11 @@ def position_maps(
     for i, ex in enumerate(examples):
         slots.setdefault(id(ex), []).append(i)
     rows: list[tuple[int, tuple[str, ...], Tensor]] = []
-    for bi, exs in enumerate(family_batches(examples, config.batch_size)):
-        batch = encode_batch(exs, model.tokenizer)
-        clean = clean_run(model, batch.tokens.to(model.device), batch.scored_pos, cached_hooks)
-        donors = None
-        if ablation == "resample":
-            gen = torch.Generator().manual_seed(config.resample_seed * 1_000_003 + bi)
-            donors = resample_donors(batch.families, gen)
-        values = replacements(batch, clean, config, means, swept, hooks, donors)
-        ctx = AblationBatch(model=model, batch=batch, clean=clean, values=values)
+    for cb in clean_batches(model, examples, cached_hooks, batch_size=config.batch_size):
+        ctx = ablation_batch(model, cb, config, means, swept, hooks)
         pos_e = position_effects(ctx, swept, config.method, config.position_chunk)
-        for r, ex in enumerate(exs):
+        batch = cb.batch
+        for r, ex in enumerate(cb.examples):
             n_tok = int(batch.scored_pos[r]) + 1
             toks = token_strings(model.tokenizer, batch.tokens[r, :n_tok].tolist())
             rows.append((slots[id(ex)].pop(0), toks, pos_e[m, comps, :, r, :n_tok].float()))

@@ -7,20 +7,16 @@ Both are written atomically (temporary file, then rename), tensors first, so a r
 never sees a JSON file whose tensors are missing or half-written.
 """
 
-import json
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-from torch import Tensor
 
 from tlatlas import __version__
 from tlatlas.atlas.config import COMPONENTS, POS_COMPONENTS
 from tlatlas.atlas.sums import AtlasSums
 from tlatlas.errors import AtlasFileError
+from tlatlas.io import known_fields, read_result_files, write_result_files
 from tlatlas.metrics import METRICS, METRICS_VERSION
 from tlatlas.models import Fingerprint
 from tlatlas.tokens import ROLES
@@ -78,7 +74,7 @@ class AtlasMeta:
         d = dict(d)
         d["fingerprint"] = Fingerprint.from_dict(d["fingerprint"])
         d["shard"] = tuple(d["shard"]) if d.get("shard") else None
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        return cls(**known_fields(cls, d))
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -98,26 +94,8 @@ def atlas_paths(stem: str | os.PathLike[str]) -> tuple[Path, Path]:
     return Path(s + TENSORS_SUFFIX), Path(s + META_SUFFIX)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_atlas(atlas: Atlas, stem: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write an atlas; returns the two paths."""
-    from safetensors.torch import save_file
-
     tensors_path, meta_path = atlas_paths(stem)
     s = atlas.sums
     header = {
@@ -133,55 +111,7 @@ def save_atlas(atlas: Atlas, stem: str | os.PathLike[str]) -> tuple[Path, Path]:
         "tensors": {k: list(v.shape) for k, v in s.tensors.items()},
         "meta": atlas.meta.to_dict(),
     }
-    tensors = {k: v.contiguous() for k, v in s.tensors.items()}
-    atomic_write(tensors_path, lambda p: save_file(tensors, p, metadata={"kind": ATLAS_KIND}))
-    atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(header, indent=1)))
-    return tensors_path, meta_path
-
-
-def read_result_files(tensors_path: Path, meta_path: Path, *, kind: str, format_version: int,
-                      noun: str, error: type[Exception],
-                      expected_shapes: Callable[[dict[str, Any]], dict[str, list[int]]] | None = None
-                      ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Read a ``(safetensors, JSON header)`` pair and validate it; returns (header, tensors).
-
-    Checks that both files exist and parse, the header's ``kind``, ``format_version`` and
-    metric-definitions version, that the tensors are exactly those the header lists with
-    the listed shapes, and ``expected_shapes(header)`` (shapes implied by the header's axes).
-    Failures raise ``error`` with a message that names the file and ``noun``.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    for p in (meta_path, tensors_path):
-        if not p.exists():
-            raise error(f"missing {noun} file {p}")
-    try:
-        header = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise error(f"{meta_path} is not valid JSON (truncated?): {err}") from err
-    if header.get("kind") != kind:
-        raise error(f"{meta_path} is not a tlatlas {noun} (kind {header.get('kind')!r})")
-    if header.get("format_version") != format_version:
-        raise error(f"{meta_path} has {noun} format {header.get('format_version')}, this "
-                    f"tlatlas reads {format_version}; recompute the {noun}")
-    metrics = header.get("meta", {}).get("metrics_version")
-    if metrics != METRICS_VERSION:
-        raise error(f"{meta_path} uses metric definitions v{metrics}, this tlatlas uses "
-                    f"v{METRICS_VERSION}; recompute the {noun}")
-    try:
-        tensors = load_file(str(tensors_path))
-    except (SafetensorError, OSError) as err:
-        raise error(f"{tensors_path} is damaged or truncated: {err}") from err
-    if set(tensors) != set(header["tensors"]):
-        raise error(f"{tensors_path} holds tensors {sorted(tensors)}, "
-                    f"its JSON lists {sorted(header['tensors'])}")
-    implied = expected_shapes(header) if expected_shapes is not None else {}
-    for name, shape in {**header["tensors"], **implied}.items():
-        if list(tensors[name].shape) != list(shape):
-            raise error(f"{tensors_path}: tensor {name} has shape "
-                        f"{list(tensors[name].shape)}, expected {list(shape)}")
-    return header, tensors
+    return write_result_files(tensors_path, meta_path, s.tensors, header)
 
 
 def load_atlas(stem: str | os.PathLike[str], *, fingerprint: Fingerprint | None = None,
@@ -250,4 +180,4 @@ def merge_atlases(atlases: list[Atlas]) -> Atlas:
 
 
 __all__ = ["Atlas", "AtlasMeta", "save_atlas", "load_atlas", "merge_atlases", "find_atlases",
-           "atlas_paths", "atomic_write"]
+           "atlas_paths"]

@@ -23,7 +23,6 @@ from tlatlas.steering.vectors import (
     SteeringVectors,
     contrast_from_sums,
     contrastive_vectors,
-    encode_prompts,
     prompt_sums,
     random_directions,
     resid_hook,
@@ -35,7 +34,7 @@ from tlatlas.steering.vectors import (
 )
 
 __all__ = ["SteeringConfig", "SteeringResult", "SteeringSums", "SteeringVectors", "SteeringError",
-           "encode_prompts", "resid_hook", "typical_norms",
+           "resid_hook", "typical_norms",
            "steering_vectors", "contrastive_vectors", "steering_sums", "prompt_sums",
            "vectors_from_sums", "contrast_from_sums", "random_directions", "steering",
            "steering_hook", "add_steering", "steer_mask", "steering_sweep", "save_steering",

@@ -15,16 +15,14 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from tlatlas.atlas.engine import family_batches
+from tlatlas.atlas.engine import encoded_batches
 from tlatlas.errors import TlatlasError
-from tlatlas.models import LoadedModel, default_device, load_model
+from tlatlas.models import DTYPES, LoadedModel, default_device, load_model
 from tlatlas.steering.result import SteeringConfig, SteeringResult, examples_hash
 from tlatlas.steering.sweep import steering_sweep
 from tlatlas.steering.vectors import SteeringVectors
 from tlatlas.tasks import Example
-from tlatlas.tokens import encode_batch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PRECISIONS = ("fp32", "bf16", "nf4-fp32", "nf4-bf16", "int8")
 
 
@@ -58,6 +56,7 @@ def check_precision(label: str, device: torch.device | str | None = None) -> str
     if label not in DTYPES:
         from tlatlas.models.quant import (
             QuantizationUnavailableError,
+            check_quantization_available,
             parse_precision,
         )
 
@@ -84,8 +83,9 @@ def load_precision(source, label: str, *, device: torch.device | str | None = No
 def time_forward(model: LoadedModel, examples: Iterable[Example], *, batch_size: int = 8,
                  repeats: int = 3) -> float:
     """Median seconds of one clean forward pass over ``examples`` (after one warm-up batch)."""
-    batches = [encode_batch(exs, model.tokenizer).tokens.to(model.device)
-               for exs in family_batches(list(examples), batch_size)]
+    batches = [batch.tokens.to(model.device)
+               for _, batch in encoded_batches(list(examples), model.tokenizer,
+                                               batch_size=batch_size)]
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     times = []
     with torch.inference_mode():

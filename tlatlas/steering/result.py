@@ -21,9 +21,9 @@ from torch import Tensor
 
 from tlatlas import __version__
 from tlatlas.errors import AtlasFileError, TlatlasError
-from tlatlas.io import atomic_write, read_result_files
+from tlatlas.io import known_fields, read_result_files, write_result_files
 from tlatlas.metrics import METRICS_VERSION
-from tlatlas.models import Fingerprint, LoadedModel
+from tlatlas.models import Fingerprint, LoadedModel, dtype_label
 from tlatlas.tasks import Example
 
 RESULT_KIND = "tlatlas.steering"
@@ -98,7 +98,7 @@ class SteeringConfig:
     def from_dict(cls, d: dict[str, Any]) -> "SteeringConfig":
         if d.get("kind", CONFIG_KIND) != CONFIG_KIND:
             raise ValueError(f"not a steering config: kind {d.get('kind')!r}")
-        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        kw = known_fields(cls, d)
         kw["scales"] = tuple(kw.get("scales", DEFAULT_SCALES))
         if kw.get("layers") is not None:
             kw["layers"] = tuple(kw["layers"])
@@ -119,8 +119,7 @@ def precision_label(model: LoadedModel) -> str:
     """``nf4-fp32`` / ``int8`` for bitsandbytes copies, else the dtype: fp32, bf16, fp16."""
     if model.fingerprint.quantization != "none":
         return model.fingerprint.quantization
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
-        model.dtype, str(model.dtype).removeprefix("torch."))
+    return dtype_label(model.dtype)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,7 +164,7 @@ class SteeringMeta:
         d = dict(d)
         d["fingerprints"] = tuple(Fingerprint.from_dict(f) for f in d["fingerprints"])
         d["precision_specs"] = tuple(d["precision_specs"])
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        return cls(**known_fields(cls, d))
 
 
 def _precision_spec(model: LoadedModel, label: str) -> dict[str, Any]:
@@ -317,18 +316,13 @@ def _expected_shapes(h: dict[str, Any]) -> dict[str, list[int]]:
 
 def save_steering(result: SteeringResult, stem: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write the tensors, then the JSON (each atomically); returns the two paths."""
-    from safetensors.torch import save_file
-
     tensors_path, meta_path = steering_paths(stem)
     header = {"kind": RESULT_KIND, "format_version": RESULT_FORMAT_VERSION,
               "families": list(result.families), "layers": list(result.layers),
               "scales": list(result.scales), "precisions": list(result.precisions),
               "tensors": {k: list(v.shape) for k, v in result.tensors.items()},
               "meta": result.meta.to_dict()}
-    tensors = {k: v.contiguous() for k, v in result.tensors.items()}
-    atomic_write(tensors_path, lambda p: save_file(tensors, p, metadata={"kind": RESULT_KIND}))
-    atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(header, indent=1)))
-    return tensors_path, meta_path
+    return write_result_files(tensors_path, meta_path, result.tensors, header)
 
 
 def load_steering(stem: str | os.PathLike[str], *, fingerprint: Fingerprint | None = None,

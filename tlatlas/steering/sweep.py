@@ -21,11 +21,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from tlatlas.atlas.engine import family_batches
+from tlatlas.atlas.engine import clean_batches
 from tlatlas.hooks import HookFn, hooks_attached
 from tlatlas.metrics import effects
 from tlatlas.models import LoadedModel, check_layers
-from tlatlas.models.forward import clean_run, run_from_layer
+from tlatlas.models.forward import run_from_layer
 from tlatlas.steering.result import (
     SteeringConfig,
     SteeringResult,
@@ -41,7 +41,6 @@ from tlatlas.steering.vectors import (
 )
 from tlatlas.tasks import Example
 from tlatlas.tasks.suite import canonical_order
-from tlatlas.tokens import encode_batch
 
 # --------------------------------------------------------------------------- the hook
 
@@ -156,11 +155,10 @@ def steering_sweep(
     }
     dev = model.device
     start = time.perf_counter()
-    for exs in family_batches(examples, config.batch_size):  # one family per batch: less padding
-        batch = encode_batch(exs, model.tokenizer)
+    hooks = [resid_hook(layer) for layer in layers]
+    for cb in clean_batches(model, examples, hooks, batch_size=config.batch_size):
+        batch, clean = cb.batch, cb.clean
         b = len(batch)
-        clean = clean_run(model, batch.tokens.to(dev), batch.scored_pos,
-                          [resid_hook(layer) for layer in layers])
         clean_logits = (_scored_logits(model, batch.tokens.to(dev), batch.scored_pos)
                         if config.method == "naive" else clean.scored_logits)
         mask = steer_mask(batch.roles).to(dev)

@@ -23,10 +23,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tlatlas.atlas.engine import clean_token_batches
 from tlatlas.errors import TlatlasError
 from tlatlas.io import atomic_write
 from tlatlas.models import LoadedModel, load_model
-from tlatlas.models.forward import clean_run
 from tlatlas.steering.precision import free_model
 from tlatlas.steering.result import (
     SteeringConfig,
@@ -38,13 +38,12 @@ from tlatlas.steering.result import (
 from tlatlas.steering.sweep import steering_sweep
 from tlatlas.steering.vectors import (
     SteeringVectors,
-    encode_prompts,
     resid_hook,
     steer_mask,
     steering_vectors,
 )
 from tlatlas.tasks import Example
-from tlatlas.tokens import ROLE_PAD
+from tlatlas.tokens import encode_prompts
 
 TRANSFER_KIND = "tlatlas.steering_transfer"
 TRANSFER_FORMAT_VERSION = 1
@@ -101,10 +100,11 @@ def cache_activations(model: LoadedModel, prompts: Sequence[str], layers: Sequen
 
     parts: dict[str, list[Tensor]] = {k: [] for k in ["ids", "prompt", "last"] + [f"L{x}" for x in layers]}
     hooks = [resid_hook(layer) for layer in layers]
-    for start in range(0, len(prompts), batch_size):
-        tokens, roles = encode_prompts(prompts[start:start + batch_size], model.tokenizer)
-        scored = (roles != ROLE_PAD).sum(1) - 1
-        clean = clean_run(model, tokens.to(model.device), scored, hooks)
+    encoded = (encode_prompts(prompts[i:i + batch_size], model.tokenizer)
+               for i in range(0, len(prompts), batch_size))
+    for cb in clean_token_batches(model, encoded, hooks):
+        start = cb.index * batch_size
+        tokens, roles, scored, clean = cb.batch.tokens, cb.batch.roles, cb.batch.scored_pos, cb.clean
         sel = steer_mask(roles)
         rows = torch.arange(tokens.shape[0])[:, None].expand_as(tokens)
         parts["ids"].append(tokens[sel])

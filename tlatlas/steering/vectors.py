@@ -18,12 +18,13 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tlatlas.atlas.engine import clean_token_batches
 from tlatlas.errors import TlatlasError
+from tlatlas.hooks import hook_name
 from tlatlas.models import Fingerprint, LoadedModel, check_layers
-from tlatlas.models.forward import clean_run
 from tlatlas.tasks import Example
 from tlatlas.tasks.suite import canonical_order
-from tlatlas.tokens import ROLE_BODY, ROLE_BOS, ROLE_LAST, ROLE_PAD, bos_id
+from tlatlas.tokens import ROLE_BOS, ROLE_PAD, encode_prompts
 
 VECTORS_KIND = "tlatlas.steering_vectors"
 VECTORS_FORMAT_VERSION = 1
@@ -33,31 +34,8 @@ class SteeringError(TlatlasError):
 
 
 def resid_hook(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_post"
-
-
-# --------------------------------------------------------------------------- tokens
-
-
-def encode_prompts(prompts: Sequence[str], tokenizer) -> tuple[Int[Tensor, "batch pos"],
-                                                             Int[Tensor, "batch pos"]]:
-    """Right-padded tokens and position roles of plain prompts (BOS prepended when the
-    tokenizer has one), tokenized exactly as :func:`tlatlas.tokens.encode_batch` does."""
-    if not prompts:
-        raise SteeringError("no prompts to encode")
-    bos = [bos_id(tokenizer)] if bos_id(tokenizer) is not None else []
-    ids = [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    width = max(len(i) for i in ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tokens = torch.full((len(ids), width), pad, dtype=torch.long)
-    roles = torch.full((len(ids), width), ROLE_PAD, dtype=torch.long)
-    for row, seq in enumerate(ids):
-        tokens[row, : len(seq)] = torch.tensor(seq)
-        roles[row, : len(seq)] = ROLE_BODY
-        if bos:
-            roles[row, 0] = ROLE_BOS
-        roles[row, len(seq) - 1] = ROLE_LAST
-    return tokens, roles
+    """The hook a steering vector is added at: ``blocks.{layer}.hook_resid_post``."""
+    return hook_name(layer, "hook_resid_post")
 
 
 def steer_mask(roles: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"]:
@@ -158,10 +136,6 @@ class SteeringVectors:
                    origin=d.get("origin", ""), extra=dict(d.get("extra", {})))
 
 
-def _check_layers(model: LoadedModel, layers: Sequence[int] | None) -> tuple[int, ...]:
-    return check_layers(model, layers)
-
-
 def prompt_sums(
     model: LoadedModel,
     groups: Sequence[str],
@@ -182,7 +156,7 @@ def prompt_sums(
                             f"({len(groups)} groups, {len(prompts)} prompts)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    lays = _check_layers(model, layers)
+    lays = check_layers(model, layers)
     names = tuple(group_names) if group_names is not None else tuple(dict.fromkeys(groups))
     unknown = sorted(set(groups) - set(names))
     if unknown:
@@ -192,12 +166,12 @@ def prompt_sums(
     norm_sums = torch.zeros(len(lays), len(names), dtype=torch.float64)
     counts = torch.zeros(len(names), dtype=torch.float64)
     hooks = [resid_hook(layer) for layer in lays]
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
-        tokens, roles = encode_prompts(chunk, model.tokenizer)
-        scored = (roles != ROLE_PAD).sum(1) - 1
-        clean = clean_run(model, tokens.to(model.device), scored, hooks)
-        idx = torch.tensor([names.index(g) for g in groups[start:start + batch_size]])
+    encoded = (encode_prompts(prompts[i:i + batch_size], model.tokenizer,
+                              groups=groups[i:i + batch_size])
+               for i in range(0, len(prompts), batch_size))
+    for cb in clean_token_batches(model, encoded, hooks):
+        roles, clean = cb.batch.roles, cb.clean
+        idx = torch.tensor([names.index(g) for g in cb.batch.families])
         weight = steer_mask(roles).double()[..., None] * \
             torch.nn.functional.one_hot(idx, len(names)).double()[:, None, :]  # [batch pos group]
         counts += weight.sum((0, 1))
@@ -206,7 +180,7 @@ def prompt_sums(
             sums[li] += torch.einsum("bpd,bpg->gd", act, weight)
             norm_sums[li] += torch.einsum("bp,bpg->g", act.norm(dim=-1), weight)
         if on_batch is not None:
-            on_batch(len(chunk))
+            on_batch(len(cb.batch))
     return SteeringSums(groups=names, layers=lays, sums=sums, norm_sums=norm_sums, counts=counts,
                         fingerprint=model.fingerprint)
 
