@@ -32,6 +32,7 @@ from torch import Tensor
 from bridges.export import module_params
 from bridges.names import MODULES, hf_module_names
 from bridges.train import TrainConfig, TrainResult, train_lora
+from tlatlas.errors import InvalidInputError
 
 ADAPTER_NAME = "default"
 
@@ -67,9 +68,9 @@ class AdaLoraPlan:
 
     def __post_init__(self) -> None:
         if not 1 <= self.target_r < self.init_r:
-            raise ValueError(f"need 1 <= target_r < init_r, got {self.target_r}, {self.init_r}")
+            raise InvalidInputError(f"need 1 <= target_r < init_r, got {self.target_r}, {self.init_r}")
         if not 0 <= self.tinit < self.total_step - self.tfinal:
-            raise ValueError("schedule leaves no pruning phase: need tinit < total_step - tfinal")
+            raise InvalidInputError("schedule leaves no pruning phase: need tinit < total_step - tfinal")
 
     @property
     def rank(self) -> int:
@@ -110,15 +111,15 @@ def adalora_plan(model, budget: int, steps: int, *, layers: Sequence[int] | None
     """
     bad = [m for m in modules if m not in MODULES]
     if bad:
-        raise ValueError(f"unknown modules {bad}; choose from {', '.join(MODULES)}")
+        raise InvalidInputError(f"unknown modules {bad}; choose from {', '.join(MODULES)}")
     if steps < 2:
-        raise ValueError(f"AdaLoRA needs at least 2 training steps, got {steps}")
+        raise InvalidInputError(f"AdaLoRA needs at least 2 training steps, got {steps}")
     layers = sorted(range(model.n_layers) if layers is None else layers)
     names = hf_module_names(model, layers, modules)
     costs = tuple(module_params(model, [n], 1) + 1 for n in names)
     target_r = budget // (len(costs) * max(costs))
     if target_r < 1:
-        raise ValueError(f"budget {budget} is below one triplet per module on {len(costs)} "
+        raise InvalidInputError(f"budget {budget} is below one triplet per module on {len(costs)} "
                          f"modules ({len(costs) * max(costs)} parameters)")
     return AdaLoraPlan(strategy="adalora", layers=tuple(layers), modules=tuple(modules),
                        target_modules=tuple(n.hf_path for n in names),
@@ -186,7 +187,7 @@ def train_adalora(source, plan: AdaLoraPlan, config: TrainConfig, *, device=None
                   on_step=None) -> AdaLoraResult:
     """Train ``plan`` with bridges.train's loop, reallocating ranks after every step."""
     if config.steps != plan.total_step:
-        raise ValueError(f"plan is scheduled for {plan.total_step} steps, config has {config.steps}")
+        raise InvalidInputError(f"plan is scheduled for {plan.total_step} steps, config has {config.steps}")
     seen = {}
 
     def allocate(model, steps_done: int) -> None:

@@ -22,6 +22,7 @@ from typing import Literal
 
 from bridges.names import MODULES, ModuleName, hf_module_names
 from tlatlas.atlas.sums import AtlasSums, mean_effect
+from tlatlas.errors import InvalidInputError
 
 Strategy = Literal["atlas", "random", "all-linear"]
 STRATEGIES: tuple[Strategy, ...] = ("atlas", "random", "all-linear")
@@ -89,7 +90,7 @@ def _fit_budget(model, ranked: Sequence[int], modules: Sequence[str], rank: int,
         used += cost
     if not chosen:
         one = module_params(model, hf_module_names(model, [ranked[0]], modules), rank)
-        raise ValueError(f"budget {budget} is below one layer's adapters ({one} params at "
+        raise InvalidInputError(f"budget {budget} is below one layer's adapters ({one} params at "
                          f"rank {rank} on {', '.join(modules)})")
     return chosen
 
@@ -103,23 +104,23 @@ def plan_lora(model, strategy: Strategy, *, atlas: AtlasSums | None = None,
     ``random`` draws as many layers as ``atlas`` would pick.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose {', '.join(STRATEGIES)}")
+        raise InvalidInputError(f"unknown strategy {strategy!r}; choose {', '.join(STRATEGIES)}")
     if rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
+        raise InvalidInputError(f"rank must be >= 1, got {rank}")
     bad = [m for m in modules if m not in MODULES]
     if bad:
-        raise ValueError(f"unknown modules {bad}; choose from {', '.join(MODULES)}")
+        raise InvalidInputError(f"unknown modules {bad}; choose from {', '.join(MODULES)}")
     if strategy == "all-linear":
         layers, modules = list(range(model.n_layers)), list(MODULES)
     else:
         if atlas is None:
-            raise ValueError(f"strategy {strategy!r} needs an atlas")
+            raise InvalidInputError(f"strategy {strategy!r} needs an atlas")
         if (budget is None) == (top_k is None):
-            raise ValueError("give exactly one of budget or top_k")
+            raise InvalidInputError("give exactly one of budget or top_k")
         ranked = rank_layers(atlas)
         if top_k is not None:
             if not 1 <= top_k <= len(ranked):
-                raise ValueError(f"top_k must be in 1..{len(ranked)}, got {top_k}")
+                raise InvalidInputError(f"top_k must be in 1..{len(ranked)}, got {top_k}")
             layers = ranked[:top_k]
         else:
             layers = _fit_budget(model, ranked, modules, rank, budget)
@@ -138,7 +139,7 @@ def plan_for_layers(model, strategy: str, layers: Sequence[int], *, modules: Seq
                     rank: int = 8, budget: int | None = None, seed: int = 0) -> LoraPlan:
     """A plan adapting exactly ``layers`` (for baselines: first-k, last-k, Block Influence)."""
     if not layers:
-        raise ValueError("no layers to adapt")
+        raise InvalidInputError("no layers to adapt")
     names = hf_module_names(model, sorted(layers), modules)
     return LoraPlan(strategy=strategy, layers=tuple(sorted(layers)), modules=tuple(modules),
                     rank=rank, target_modules=tuple(n.hf_path for n in names),
@@ -149,7 +150,7 @@ def rank_for_budget(model, layers: Sequence[int], modules: Sequence[str], budget
     """The largest LoRA rank whose adapters on ``layers`` x ``modules`` fit in ``budget``."""
     per_rank = module_params(model, hf_module_names(model, layers, modules), 1)
     if per_rank > budget:
-        raise ValueError(f"budget {budget} is below rank 1 on {len(layers)} layers ({per_rank})")
+        raise InvalidInputError(f"budget {budget} is below rank 1 on {len(layers)} layers ({per_rank})")
     return budget // per_rank
 
 

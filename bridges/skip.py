@@ -36,6 +36,7 @@ from bridges.export import plan_for_layers
 from bridges.names import MODULES
 from bridges.train import TrainConfig, evaluate, split, train_lora
 from tlatlas.atlas.sums import AtlasSums, mean_effect
+from tlatlas.errors import InvalidInputError, OutOfRangeError
 from tlatlas.metrics import effects
 from tlatlas.tasks import Example
 from tlatlas.tokens import encode_batch
@@ -76,7 +77,7 @@ def skipped_blocks(hf_model: nn.Module, layers: Sequence[int], *, path: str = "m
     blocks = hf_model.get_submodule(path)
     bad = [layer for layer in layers if not 0 <= layer < len(blocks)]
     if bad:
-        raise IndexError(f"cannot skip layers {bad}: the model has {len(blocks)} blocks")
+        raise OutOfRangeError(f"cannot skip layers {bad}: the model has {len(blocks)} blocks")
     saved = {layer: blocks[layer] for layer in set(layers)}
     for layer in saved:
         blocks[layer] = SkippedBlock(layer)
@@ -91,7 +92,7 @@ def least_important(sums: AtlasSums, k: int, *, metric: str = "kl") -> list[int]
     """The ``k`` layers with the smallest family-averaged block effect (ties: lower layer)."""
     per_layer = mean_effect(sums, metric, "block").mean(1).tolist()
     if not 0 <= k <= len(per_layer):
-        raise ValueError(f"k must be in 0..{len(per_layer)}, got {k}")
+        raise InvalidInputError(f"k must be in 0..{len(per_layer)}, got {k}")
     order = sorted(range(len(per_layer)), key=lambda i: (per_layer[i], i))
     return sorted(sums.layers[i] for i in order[:k])
 

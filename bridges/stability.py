@@ -28,6 +28,7 @@ from tlatlas.atlas.config import AtlasConfig
 from tlatlas.atlas.hubs import hub_summary
 from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
 from tlatlas.atlas.sums import AtlasSums
+from tlatlas.errors import InvalidInputError
 from tlatlas.models import LoadedModel
 from tlatlas.stats import spearman
 
@@ -85,7 +86,7 @@ def stability_study(source, model: LoadedModel, atlas_sums: AtlasSums, *, family
 
     points = sorted(set(checkpoints))
     if not points or points[0] < 0:
-        raise ValueError(f"checkpoints must be step counts >= 0, got {list(checkpoints)}")
+        raise InvalidInputError(f"checkpoints must be step counts >= 0, got {list(checkpoints)}")
     spec = spec or SuiteSpec(per_family=2, families=atlas_sums.families)
     atlas_config = atlas_config or AtlasConfig()
     config = replace(train, family=family, seed=seed, steps=points[-1])

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from tlatlas.errors import InvalidInputError
 from tlatlas.tasks import DEFAULT_SEED, Example, build_suite
 
 
@@ -40,7 +41,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.n_train < 1 or self.n_heldout < 1:
-            raise ValueError("steps >= 0, batch_size >= 1, n_train >= 1, n_heldout >= 1")
+            raise InvalidInputError("steps >= 0, batch_size >= 1, n_train >= 1, n_heldout >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +76,7 @@ def split(config: TrainConfig) -> tuple[list[Example], list[Example]]:
     train, held = [], []
     for exs in suite.by_family().values():
         if len(exs) < config.n_train + config.n_heldout:
-            raise ValueError(f"family has {len(exs)} examples, need {config.n_train + config.n_heldout}")
+            raise InvalidInputError(f"family has {len(exs)} examples, need {config.n_train + config.n_heldout}")
         train += exs[: config.n_train]
         held += exs[len(exs) - config.n_heldout:]
     return train, held

@@ -30,3 +30,20 @@ class LayerOutOfRangeError(TlatlasError, IndexError):
 
 class AtlasFileError(TlatlasError):
     """An atlas file that is missing, truncated, of another version, or of the wrong shape."""
+
+
+class InvalidInputError(TlatlasError, ValueError):
+    """An argument or input the library cannot work with (a count below 1, an empty suite,
+    an unknown choice, shapes that do not match). Also a ValueError, so callers that
+    catch ValueError keep working."""
+
+
+class UnknownNameError(TlatlasError, KeyError):
+    """A name that is not registered or not present (a family, a hook point, a relation)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class OutOfRangeError(TlatlasError, IndexError):
+    """An index outside its range (a position, a start layer, a block to skip)."""

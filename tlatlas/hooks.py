@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 from torch import Tensor
 
+from tlatlas.errors import UnknownNameError
+
 HookFn = Callable[[Tensor, object], Tensor]
 
 
@@ -34,7 +36,7 @@ def hooks_attached(bridge, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[
     points = bridge.hook_dict
     unknown = [name for name, _ in fwd_hooks if name not in points]
     if unknown:
-        raise KeyError(f"no such hook point(s): {', '.join(unknown)}")
+        raise UnknownNameError(f"no such hook point(s): {', '.join(unknown)}")
     added = []
     try:
         for name, fn in fwd_hooks:

@@ -5,6 +5,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tlatlas.errors import InvalidInputError
+
 
 def average_ranks(x: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
     """1-based ranks, ties sharing their average rank."""
@@ -23,11 +25,11 @@ def spearman(a: Tensor, b: Tensor) -> float:
         ValueError: the shapes differ or fewer than two pairs remain.
     """
     if a.shape != b.shape:
-        raise ValueError(f"spearman needs tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InvalidInputError(f"spearman needs tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     x, y = a.detach().flatten().double().cpu(), b.detach().flatten().double().cpu()
     keep = torch.isfinite(x) & torch.isfinite(y)
     if int(keep.sum()) < 2:
-        raise ValueError("spearman needs at least two pairs without NaN")
+        raise InvalidInputError("spearman needs at least two pairs without NaN")
     rx, ry = average_ranks(x[keep]), average_ranks(y[keep])
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denom = (rx.square().sum() * ry.square().sum()).sqrt()

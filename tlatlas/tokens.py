@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from tlatlas.errors import InvalidInputError
 from tlatlas.tasks import Example, scored_token_ids
 
 ROLES = ("bos", "body", "last")
@@ -63,7 +64,7 @@ def pad_id(tokenizer) -> int:
 def pad_right(rows: Sequence[Sequence[int]], fill: int) -> Int[Tensor, "batch pos"]:
     """Integer rows of different lengths as one right-padded ``[batch pos]`` tensor."""
     if not rows:
-        raise ValueError("cannot pad an empty batch")
+        raise InvalidInputError("cannot pad an empty batch")
     out = torch.full((len(rows), max(len(r) for r in rows)), fill, dtype=torch.long)
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
@@ -81,7 +82,7 @@ def encode_prompts(prompts: Sequence[str], tokenizer, *, prepend_bos: bool = Tru
     """Plain prompts (no answers) as one right-padded :class:`TokenBatch` whose ``target``
     is None; ``groups`` fills ``families`` (default: empty names)."""
     if not prompts:
-        raise ValueError("cannot encode an empty batch")
+        raise InvalidInputError("cannot encode an empty batch")
     ids = prompt_ids(prompts, tokenizer, prepend_bos=prepend_bos)
     has_bos = prepend_bos and bos_id(tokenizer) is not None
     tokens = pad_right(ids, pad_id(tokenizer))
@@ -93,7 +94,7 @@ def encode_prompts(prompts: Sequence[str], tokenizer, *, prepend_bos: bool = Tru
     roles[torch.arange(len(ids)), lengths - 1] = ROLE_LAST
     families = tuple(groups) if groups is not None else ("",) * len(ids)
     if len(families) != len(ids):
-        raise ValueError(f"{len(families)} groups for {len(ids)} prompts")
+        raise InvalidInputError(f"{len(families)} groups for {len(ids)} prompts")
     return TokenBatch(tokens=tokens, mask=roles != ROLE_PAD, scored_pos=lengths - 1,
                       target=None, roles=roles, families=families)
 
@@ -103,7 +104,7 @@ def encode_batch(
 ) -> TokenBatch:
     """Encode examples into one right-padded :class:`TokenBatch` with their targets."""
     if not examples:
-        raise ValueError("cannot encode an empty batch")
+        raise InvalidInputError("cannot encode an empty batch")
     # The target is the first answer token of ``prompt + answer`` tokenized together (the
     # token the model must produce); the suite's own check rejects answers that merge with
     # the prompt. A whitespace-only target is the suite's concern (validate_answers), not
@@ -122,7 +123,7 @@ def iter_batches(
     Examples are grouped in their given order; sort by length beforehand to cut padding.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(examples), batch_size):
         yield encode_batch(
             examples[start : start + batch_size], tokenizer, prepend_bos=prepend_bos

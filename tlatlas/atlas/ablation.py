@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tlatlas.errors import InvalidInputError, OutOfRangeError
 from tlatlas.hooks import HookFn
 from tlatlas.tokens import ROLE_BODY, ROLE_BOS, ROLE_LAST, ROLE_PAD, ROLES
 
@@ -29,7 +30,7 @@ Positions = Literal["all", "bos", "body", "last"] | int
 
 def check_kind(kind: str) -> AblationKind:
     if kind not in ABLATION_KINDS:
-        raise ValueError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATION_KINDS)}")
+        raise InvalidInputError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATION_KINDS)}")
     return kind  # type: ignore[return-value]
 
 
@@ -40,10 +41,10 @@ def position_mask(roles: Int[Tensor, "batch pos"], positions: Positions) -> Bool
         return real
     if isinstance(positions, str):
         if positions not in ROLES:
-            raise ValueError(f"unknown position role {positions!r}; choose all, {', '.join(ROLES)}")
+            raise InvalidInputError(f"unknown position role {positions!r}; choose all, {', '.join(ROLES)}")
         return roles == ROLES.index(positions)
     if not 0 <= positions < roles.shape[1]:
-        raise IndexError(f"position {positions} out of range for a batch of width {roles.shape[1]}")
+        raise OutOfRangeError(f"position {positions} out of range for a batch of width {roles.shape[1]}")
     mask = torch.zeros_like(real)
     mask[:, positions] = True
     return mask & real
@@ -111,7 +112,7 @@ def resample_donors(families: tuple[str, ...], generator: torch.Generator) -> In
         by_family.setdefault(fam, []).append(row)
     for fam, rows in by_family.items():
         if len(rows) < 2:
-            raise ValueError(
+            raise InvalidInputError(
                 f"resample ablation needs >= 2 examples of family {fam!r} per batch; "
                 "group batches by family"
             )
@@ -189,13 +190,13 @@ def replacement(
         return torch.zeros_like(act)
     if kind == "mean":
         if means is None:
-            raise ValueError("mean ablation needs reference means (compute them on a reference set)")
+            raise InvalidInputError("mean ablation needs reference means (compute them on a reference set)")
         return role_mean_replacement(means, roles.to(act.device)).to(act.dtype)
     if kind == "resample":
         if donors is None:
-            raise ValueError("resample ablation needs donor rows")
+            raise InvalidInputError("resample ablation needs donor rows")
         return resample_replacement(act if donor_act is None else donor_act, roles, donors)
-    raise ValueError(f"unknown ablation {kind!r}")
+    raise InvalidInputError(f"unknown ablation {kind!r}")
 
 
 def ablation_hook(

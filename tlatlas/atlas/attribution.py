@@ -47,6 +47,7 @@ from tlatlas.atlas.ablation import AblationKind, RoleStats, check_kind, position
 from tlatlas.atlas.config import COMPONENT_HOOKS, COMPONENTS, POS_COMPONENTS
 from tlatlas.atlas.engine import encoded_batches
 from tlatlas.atlas.sums import AtlasSums, accumulate
+from tlatlas.errors import InvalidInputError, UnknownNameError
 from tlatlas.hooks import hook_name, hooks_attached
 from tlatlas.metrics import METRICS
 from tlatlas.models import LoadedModel, check_layers
@@ -64,7 +65,7 @@ _DLOGP = METRICS.index("dlogp")
 def check_attribution_kind(kind: str) -> AblationKind:
     check_kind(kind)
     if kind not in ATTRIBUTION_KINDS:
-        raise ValueError(
+        raise InvalidInputError(
             f"attribution patching supports {', '.join(ATTRIBUTION_KINDS)} ablation, not "
             f"{kind!r}: a resampled activation is not a small change; use the exact atlas")
     return kind  # type: ignore[return-value]
@@ -147,12 +148,12 @@ def attribution_effects(
     """
     check_attribution_kind(ablation)
     if ablation == "mean" and means is None:
-        raise ValueError("mean ablation needs reference statistics (atlas.reference_stats)")
+        raise InvalidInputError("mean ablation needs reference statistics (atlas.reference_stats)")
     ablated = [hook_name(layer, h) for layer in layers for h in _ablated_hooks(positions)]
     if ablation == "mean":
         missing = [n for n in ablated if n not in means]
         if missing:
-            raise KeyError(f"no reference means for hook(s): {', '.join(missing)}")
+            raise UnknownNameError(f"no reference means for hook(s): {', '.join(missing)}")
     logits, acts, grads = target_logp_grads(model, batch, attribution_hook_names(layers))
     real = position_mask(batch.roles, "all").to(logits.device)
     delta = {n: replacement(ablation, acts[n], batch.roles,
@@ -219,11 +220,11 @@ def attribution_sums(
     """
     check_attribution_kind(ablation)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     if max_offset < 1:
-        raise ValueError("max_offset must be >= 1")
+        raise InvalidInputError("max_offset must be >= 1")
     if ablation == "mean" and means is None:
-        raise ValueError("mean ablation needs reference statistics (atlas.reference_stats)")
+        raise InvalidInputError("mean ablation needs reference statistics (atlas.reference_stats)")
     layer_ids = check_layers(model, layers)
     fams = tuple(families) if families is not None else tuple(dict.fromkeys(e.family for e in examples))
     sums = AtlasSums.empty(fams, layer_ids, positions=positions, max_offset=max_offset)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tlatlas.atlas.ablation import AblationKind, check_kind
+from tlatlas.errors import InvalidInputError
 from tlatlas.hooks import hook_name
 
 COMPONENTS = ("attn", "mlp", "block")
@@ -45,13 +46,13 @@ class AtlasConfig:
     def __post_init__(self) -> None:
         check_kind(self.ablation)
         if self.method not in ("exact", "naive"):
-            raise ValueError(f"unknown method {self.method!r}; choose exact or naive")
+            raise InvalidInputError(f"unknown method {self.method!r}; choose exact or naive")
         if self.batch_size < 2:
-            raise ValueError("batch_size must be >= 2 (resample needs a donor in the batch)")
+            raise InvalidInputError("batch_size must be >= 2 (resample needs a donor in the batch)")
         if self.max_offset < 1:
-            raise ValueError("max_offset must be >= 1")
+            raise InvalidInputError("max_offset must be >= 1")
         if self.position_chunk < 1:
-            raise ValueError("position_chunk must be >= 1")
+            raise InvalidInputError("position_chunk must be >= 1")
 
 
 

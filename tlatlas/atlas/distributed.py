@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from tlatlas.atlas.ablation import RoleStats
 from tlatlas.atlas.sums import AtlasSums
-from tlatlas.errors import TlatlasError
+from tlatlas.errors import InvalidInputError, TlatlasError
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 """How long a collective waits for a slow (or hung) rank before the run fails."""
@@ -61,9 +61,9 @@ class DistContext:
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} outside world of size {self.world_size}")
+            raise InvalidInputError(f"rank {self.rank} outside world of size {self.world_size}")
         if self.backend not in ("gloo", "nccl"):
-            raise ValueError(f"unknown backend {self.backend!r}; choose gloo or nccl")
+            raise InvalidInputError(f"unknown backend {self.backend!r}; choose gloo or nccl")
 
     @property
     def is_primary(self) -> bool:

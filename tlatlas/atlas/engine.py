@@ -10,6 +10,7 @@ that prologue, written once.
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from tlatlas.errors import InvalidInputError
 from tlatlas.models.forward import CleanRun, clean_run
 from tlatlas.models.loading import LoadedModel
 from tlatlas.tasks import Example
@@ -60,7 +61,7 @@ def encoded_batches(examples: Sequence[Example], tokenizer, *, batch_size: int
     """Family batches of ``examples``, encoded (for passes that are not clean runs, such
     as attribution's forward and backward)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     for exs in family_batches(examples, batch_size):
         yield tuple(exs), encode_batch(exs, tokenizer)
 

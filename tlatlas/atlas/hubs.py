@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from tlatlas.atlas.sums import AtlasSums, mean_effect
+from tlatlas.errors import InvalidInputError, UnknownNameError
 from tlatlas.io import known_fields
 
 
@@ -54,7 +55,7 @@ def hub_summary(sums: AtlasSums, *, metric: str = "kl", component: str = "block"
     fams = list(families) if families is not None else list(sums.families)
     missing = [f for f in fams if f not in sums.families]
     if missing:
-        raise KeyError(f"families {missing} are not in this atlas ({', '.join(sums.families)})")
+        raise UnknownNameError(f"families {missing} are not in this atlas ({', '.join(sums.families)})")
     idx = [sums.families.index(f) for f in fams]
     effect = mean_effect(sums, metric, component)[:, idx]  # [layer family]
     per_layer = effect.mean(1)
@@ -89,7 +90,7 @@ class SeedSpread:
 
 def seed_spread(seeds: Sequence[int], summaries: Sequence[HubSummary]) -> SeedSpread:
     if len(seeds) != len(summaries) or not seeds:
-        raise ValueError("need one hub summary per seed, and at least one seed")
+        raise InvalidInputError("need one hub summary per seed, and at least one seed")
     hubs = tuple(s.hub_layer for s in summaries)
     counts = Counter(hubs)
     top = max(counts.values())

@@ -15,6 +15,7 @@ from tlatlas.atlas.distributed import (
 )
 from tlatlas.atlas.store import Atlas, AtlasMeta
 from tlatlas.atlas.sweep import compute_atlas_sums, reference_stats
+from tlatlas.errors import InvalidInputError
 from tlatlas.models import LoadedModel, check_layers
 from tlatlas.tasks import build_suite
 
@@ -41,7 +42,7 @@ class SuiteSpec:
 
     def __post_init__(self) -> None:
         if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
-            raise ValueError(f"shard {self.shard[0]}/{self.shard[1]}: need 0 <= i < n")
+            raise InvalidInputError(f"shard {self.shard[0]}/{self.shard[1]}: need 0 <= i < n")
 
 
 def build_atlas(
@@ -66,7 +67,7 @@ def build_atlas(
     :class:`~tlatlas.distributed.RankFailedError`.
     """
     if dist is not None and spec.shard is not None:
-        raise ValueError("a distributed run shards by rank; do not also give a shard")
+        raise InvalidInputError("a distributed run shards by rank; do not also give a shard")
     part = dist.shard if dist is not None else spec.shard
     method = method or config.method
     timings: dict[str, float] = {}

@@ -23,6 +23,7 @@ from tlatlas.atlas.ablation import AblationKind, RoleStats
 from tlatlas.atlas.config import POS_COMPONENTS, AtlasConfig, Method, atlas_hook_names
 from tlatlas.atlas.engine import clean_batches
 from tlatlas.atlas.sweep import ablation_batch, position_effects
+from tlatlas.errors import InvalidInputError
 from tlatlas.metrics import METRICS
 from tlatlas.models import LoadedModel, check_layers
 from tlatlas.tasks import Example
@@ -56,16 +57,16 @@ class PositionMap:
     def __post_init__(self) -> None:
         n, n_l, width = self.effect.shape
         if not (len(self.tokens) == len(self.families) == len(self.prompts) == n):
-            raise ValueError(f"{n} prompts in effect, but {len(self.tokens)} token lists, "
+            raise InvalidInputError(f"{n} prompts in effect, but {len(self.tokens)} token lists, "
                              f"{len(self.families)} families and {len(self.prompts)} prompts")
         if len(self.layers) != n_l:
-            raise ValueError(f"effect has {n_l} layers, layers lists {len(self.layers)}")
+            raise InvalidInputError(f"effect has {n_l} layers, layers lists {len(self.layers)}")
         if any(len(t) > width for t in self.tokens):
-            raise ValueError("a prompt has more tokens than the position axis")
+            raise InvalidInputError("a prompt has more tokens than the position axis")
         if self.metric not in METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
+            raise InvalidInputError(f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
         if self.component not in POS_COMPONENTS:
-            raise ValueError(f"unknown component {self.component!r}; "
+            raise InvalidInputError(f"unknown component {self.component!r}; "
                              f"choose one of {', '.join(POS_COMPONENTS)}")
 
     def prompt_effect(self, i: int) -> Float[Tensor, "layer tok"]:
@@ -86,7 +87,7 @@ class PositionMap:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PositionMap":
         if d.get("kind") != POSMAP_KIND or d.get("format_version") != POSMAP_FORMAT_VERSION:
-            raise ValueError(f"not a position map of format {POSMAP_FORMAT_VERSION}: "
+            raise InvalidInputError(f"not a position map of format {POSMAP_FORMAT_VERSION}: "
                              f"kind {d.get('kind')!r}, format {d.get('format_version')!r}")
         effect = torch.tensor([[[float("nan") if v is None else v for v in row] for row in p]
                                for p in d["effect"]], dtype=torch.float32)
@@ -154,13 +155,13 @@ def position_maps(
                          resample_seed=resample_seed)
     bad = [c for c in components if c not in POS_COMPONENTS]
     if bad or not components:
-        raise ValueError(f"unknown component(s) {bad}; choose from {', '.join(POS_COMPONENTS)}")
+        raise InvalidInputError(f"unknown component(s) {bad}; choose from {', '.join(POS_COMPONENTS)}")
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        raise InvalidInputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if not examples:
-        raise ValueError("position_map needs at least one example")
+        raise InvalidInputError("position_map needs at least one example")
     if ablation == "mean" and means is None:
-        raise ValueError("mean ablation needs reference statistics (reference_stats)")
+        raise InvalidInputError("mean ablation needs reference statistics (reference_stats)")
     swept = check_layers(model, config.layers)
     value_hooks, cached_hooks = atlas_hook_names(swept, positions=True)
     hooks = sorted({h.split(".", 2)[2] for h in value_hooks})

@@ -8,6 +8,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tlatlas.atlas.config import COMPONENTS, POS_COMPONENTS
+from tlatlas.errors import InvalidInputError
 from tlatlas.metrics import METRICS
 from tlatlas.models.forward import CleanRun
 from tlatlas.tokens import ROLES, TokenBatch
@@ -56,7 +57,7 @@ class AtlasSums:
         if (self.families, self.layers, self.max_offset) != (
                 other.families, other.layers, other.max_offset) or \
                 self.tensors.keys() != other.tensors.keys():
-            raise ValueError("cannot merge atlases with different families, layers or maps")
+            raise InvalidInputError("cannot merge atlases with different families, layers or maps")
         return AtlasSums(families=self.families, layers=self.layers, max_offset=self.max_offset,
                          tensors={k: v + other.tensors[k] for k, v in self.tensors.items()})
 

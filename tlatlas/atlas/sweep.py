@@ -37,6 +37,7 @@ from tlatlas.atlas.config import (
 )
 from tlatlas.atlas.engine import CleanBatch, clean_batches
 from tlatlas.atlas.sums import AtlasSums, accumulate
+from tlatlas.errors import InvalidInputError
 from tlatlas.hooks import hook_name
 from tlatlas.metrics import METRICS, effects, stack_effects
 from tlatlas.models.forward import CleanRun, prefix_cache, run_from_layer
@@ -221,7 +222,7 @@ def compute_atlas_sums(
     """
     layers = check_layers(model, config.layers)
     if config.ablation == "mean" and means is None:
-        raise ValueError("mean ablation needs reference statistics (reference_stats)")
+        raise InvalidInputError("mean ablation needs reference statistics (reference_stats)")
     fams = tuple(families) if families is not None else tuple(dict.fromkeys(e.family for e in examples))
     sums = AtlasSums.empty(fams, layers, positions=config.positions, max_offset=config.max_offset)
     value_hooks, cached_hooks = atlas_hook_names(layers, config.positions)

@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from tlatlas.errors import OutOfRangeError
 from tlatlas.hooks import HookFn, hooks_attached
 from tlatlas.models.loading import LoadedModel
 from tlatlas.models.tl_compat import check_kv_cache, patch_bridge_kv_cache
@@ -143,7 +144,7 @@ def run_from_layer(
     """
     n_layers = model.n_layers
     if not 0 <= start <= n_layers:
-        raise IndexError(f"start layer {start} out of range 0..{n_layers}")
+        raise OutOfRangeError(f"start layer {start} out of range 0..{n_layers}")
     width = resid.shape[1]
     position_ids = torch.arange(prefix_len, prefix_len + width, device=resid.device)[None]
     with torch.inference_mode(), hooks_attached(model.bridge, list(fwd_hooks)), \

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from tlatlas.errors import TlatlasError
+from tlatlas.errors import InvalidInputError, TlatlasError
 from tlatlas.models.fingerprint import fingerprint_of, weights_sha256
 from tlatlas.models.loading import (
     DTYPES,
@@ -58,9 +58,9 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in ("nf4", "int8"):
-            raise ValueError(f"unknown quantization {self.kind!r}; choose nf4 or int8")
+            raise InvalidInputError(f"unknown quantization {self.kind!r}; choose nf4 or int8")
         if self.compute not in DTYPES:
-            raise ValueError(f"unknown compute dtype {self.compute!r}; choose {', '.join(DTYPES)}")
+            raise InvalidInputError(f"unknown compute dtype {self.compute!r}; choose {', '.join(DTYPES)}")
 
     @property
     def label(self) -> str:
@@ -94,7 +94,7 @@ def parse_precision(text: str) -> QuantSpec | None:
         parts = text.split("-")
         return QuantSpec(kind="nf4", compute=parts[1] if len(parts) > 1 else "fp32",
                          double_quant="dq" in parts[2:])
-    raise ValueError(f"unknown precision {text!r}; e.g. fp32, bf16, nf4, nf4-bf16, int8")
+    raise InvalidInputError(f"unknown precision {text!r}; e.g. fp32, bf16, nf4, nf4-bf16, int8")
 
 
 def check_quantization_available(device: torch.device) -> None:

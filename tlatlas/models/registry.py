@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import util as importlib_util
 from pathlib import Path
 
-from tlatlas.errors import ModelNotAvailableError
+from tlatlas.errors import InvalidInputError, ModelNotAvailableError
 
 CACHE_ENV = "TLATLAS_CACHE"
 """Environment variable that overrides the user cache directory."""
@@ -51,7 +51,7 @@ DEFAULT_MODEL = "smollm2-135m"
 def register_model(spec: ModelSpec) -> ModelSpec:
     """Register a named model; a duplicate name is an error."""
     if spec.name in MODELS:
-        raise ValueError(f"model {spec.name!r} is already registered")
+        raise InvalidInputError(f"model {spec.name!r} is already registered")
     MODELS[spec.name] = spec
     return spec
 

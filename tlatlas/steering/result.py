@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tlatlas import __version__
-from tlatlas.errors import AtlasFileError, TlatlasError
+from tlatlas.errors import AtlasFileError, InvalidInputError, TlatlasError
 from tlatlas.io import known_fields, read_result_files, write_result_files
 from tlatlas.metrics import METRICS_VERSION
 from tlatlas.models import Fingerprint, LoadedModel, dtype_label
@@ -78,15 +78,15 @@ class SteeringConfig:
 
     def __post_init__(self) -> None:
         if not self.scales or not all(math.isfinite(s) for s in self.scales):
-            raise ValueError(f"scales must be a non-empty list of finite numbers, got {self.scales}")
+            raise InvalidInputError(f"scales must be a non-empty list of finite numbers, got {self.scales}")
         if len(set(self.scales)) != len(self.scales):
-            raise ValueError(f"scales repeat: {self.scales}")
+            raise InvalidInputError(f"scales repeat: {self.scales}")
         if self.random_draws < 0:
-            raise ValueError("random_draws must be >= 0")
+            raise InvalidInputError("random_draws must be >= 0")
         if self.batch_size < 1 or self.max_rows < 1:
-            raise ValueError("batch_size and max_rows must be >= 1")
+            raise InvalidInputError("batch_size and max_rows must be >= 1")
         if self.method not in ("exact", "naive"):
-            raise ValueError(f"unknown method {self.method!r}; choose exact or naive")
+            raise InvalidInputError(f"unknown method {self.method!r}; choose exact or naive")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -97,7 +97,7 @@ class SteeringConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SteeringConfig":
         if d.get("kind", CONFIG_KIND) != CONFIG_KIND:
-            raise ValueError(f"not a steering config: kind {d.get('kind')!r}")
+            raise InvalidInputError(f"not a steering config: kind {d.get('kind')!r}")
         kw = known_fields(cls, d)
         kw["scales"] = tuple(kw.get("scales", DEFAULT_SCALES))
         if kw.get("layers") is not None:

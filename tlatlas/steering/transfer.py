@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tlatlas.atlas.engine import clean_token_batches
-from tlatlas.errors import TlatlasError
+from tlatlas.errors import InvalidInputError, TlatlasError
 from tlatlas.io import atomic_write
 from tlatlas.models import LoadedModel, load_model
 from tlatlas.steering.precision import free_model
@@ -71,9 +71,9 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         if self.ridge < 0 or self.holdout_every < 2 or self.batch_size < 1:
-            raise ValueError("need ridge >= 0, holdout_every >= 2, batch_size >= 1")
+            raise InvalidInputError("need ridge >= 0, holdout_every >= 2, batch_size >= 1")
         if self.positions not in ("auto", "all", "last"):
-            raise ValueError(f"unknown positions {self.positions!r}; choose auto, all or last")
+            raise InvalidInputError(f"unknown positions {self.positions!r}; choose auto, all or last")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -19,7 +19,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tlatlas.atlas.engine import clean_token_batches
-from tlatlas.errors import TlatlasError
+from tlatlas.errors import InvalidInputError, TlatlasError
 from tlatlas.hooks import hook_name
 from tlatlas.models import Fingerprint, LoadedModel, check_layers
 from tlatlas.tasks import Example
@@ -155,7 +155,7 @@ def prompt_sums(
         raise SteeringError(f"need one group per prompt and at least one prompt "
                             f"({len(groups)} groups, {len(prompts)} prompts)")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     lays = check_layers(model, layers)
     names = tuple(group_names) if group_names is not None else tuple(dict.fromkeys(groups))
     unknown = sorted(set(groups) - set(names))

@@ -8,6 +8,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tlatlas.errors import InvalidInputError, UnknownNameError
+
 Generator = Callable[[random.Random, int], "list[Example]"]
 
 
@@ -30,11 +32,11 @@ class Example:
 
     def __post_init__(self) -> None:
         if not self.prompt:
-            raise ValueError(f"{self.family}: empty prompt")
+            raise InvalidInputError(f"{self.family}: empty prompt")
         if not self.answer.strip():
-            raise ValueError(f"{self.family}: empty answer for prompt {self.prompt!r}")
+            raise InvalidInputError(f"{self.family}: empty answer for prompt {self.prompt!r}")
         if self.prompt.endswith(" "):
-            raise ValueError(f"{self.family}: prompt ends with a space: {self.prompt!r}")
+            raise InvalidInputError(f"{self.family}: prompt ends with a space: {self.prompt!r}")
 
     def to_dict(self) -> dict[str, object]:
         return {"family": self.family, "prompt": self.prompt, "answer": self.answer}
@@ -61,7 +63,7 @@ FAMILIES: dict[str, Family] = {}
 def register_family(family: Family) -> Family:
     """Add a family to the registry; a duplicate name is an error."""
     if family.name in FAMILIES:
-        raise ValueError(f"task family {family.name!r} is already registered")
+        raise InvalidInputError(f"task family {family.name!r} is already registered")
     FAMILIES[family.name] = family
     return family
 
@@ -70,7 +72,7 @@ def get_family(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown task family {name!r}; known: {', '.join(FAMILIES)}"
         ) from None
 
@@ -91,7 +93,7 @@ def unique_examples(
     duplicate prompt is kept rather than looping forever.
     """
     if n < 0:
-        raise ValueError(f"cannot draw a negative number of examples ({n})")
+        raise InvalidInputError(f"cannot draw a negative number of examples ({n})")
     out: list[Example] = []
     seen: set[str] = set()
     misses = 0

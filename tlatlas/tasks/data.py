@@ -7,6 +7,8 @@ that relation.
 
 from dataclasses import dataclass
 
+from tlatlas.errors import UnknownNameError
+
 
 @dataclass(frozen=True, kw_only=True)
 class Country:
@@ -114,7 +116,7 @@ COUNTRIES: tuple[Country, ...] = (
 def facts(relation: str) -> tuple[tuple[str, str], ...]:
     """``(country, value)`` pairs for ``relation`` in ``capital``, ``currency``, ``language``."""
     if relation not in ("capital", "currency", "language"):
-        raise KeyError(f"unknown relation {relation!r}; known: capital, currency, language")
+        raise UnknownNameError(f"unknown relation {relation!r}; known: capital, currency, language")
     return tuple(
         (c.name, value) for c in COUNTRIES if (value := getattr(c, relation)) is not None
     )

@@ -2,6 +2,7 @@
 
 import random
 
+from tlatlas.errors import UnknownNameError
 from tlatlas.tasks.base import Example, Family, unique_examples
 from tlatlas.tasks.data import WORDS
 
@@ -23,7 +24,7 @@ def encode(word: str, code: str) -> str:
         return word[::-1]
     if code == "spaced":
         return " ".join(word)
-    raise KeyError(f"unknown code {code!r}; known: {', '.join(CODES)}")
+    raise UnknownNameError(f"unknown code {code!r}; known: {', '.join(CODES)}")
 
 
 def _words(code: str) -> tuple[str, ...]:

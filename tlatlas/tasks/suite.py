@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from tlatlas.errors import InvalidInputError, UnknownNameError
 from tlatlas.tasks.base import FAMILIES, Example, get_family
 
 SYNTHETIC_TOTAL = 4300
@@ -49,7 +50,7 @@ class Suite:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"unknown suite kind {self.kind!r}; known: {', '.join(KINDS)}")
+            raise InvalidInputError(f"unknown suite kind {self.kind!r}; known: {', '.join(KINDS)}")
         if not isinstance(self.examples, tuple):
             object.__setattr__(self, "examples", tuple(self.examples))
 
@@ -93,7 +94,7 @@ class Suite:
             families = [families]
         missing = [name for name in families if name not in groups]
         if missing:
-            raise KeyError(f"families {missing} are not in this suite; present: "
+            raise UnknownNameError(f"families {missing} are not in this suite; present: "
                            f"{', '.join(groups)}")
         return self._regroup({name: groups[name] for name in families})
 
@@ -104,12 +105,12 @@ class Suite:
         (``seed`` defaults to the suite's) and keeps suite order.
         """
         if per_family < 1:
-            raise ValueError(f"per_family must be >= 1, got {per_family}")
+            raise InvalidInputError(f"per_family must be >= 1, got {per_family}")
         seed = self.seed if seed is None else seed
         groups = self.by_family()
         short = {name: len(exs) for name, exs in groups.items() if len(exs) < per_family}
         if short:
-            raise ValueError(f"cannot sample {per_family} per family; too few examples in {short}")
+            raise InvalidInputError(f"cannot sample {per_family} per family; too few examples in {short}")
         sampled = {}
         for name, exs in groups.items():
             rng = random.Random(f"{seed}:stratified:{name}")
@@ -123,9 +124,9 @@ class Suite:
         The shards ``0..count-1`` partition the suite.
         """
         if count < 1:
-            raise ValueError(f"shard count must be >= 1, got {count}")
+            raise InvalidInputError(f"shard count must be >= 1, got {count}")
         if not 0 <= index < count:
-            raise ValueError(f"shard index must be in [0, {count}), got {index}")
+            raise InvalidInputError(f"shard index must be in [0, {count}), got {index}")
         return self._regroup({name: exs[index::count] for name, exs in self.by_family().items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,13 +145,13 @@ class Suite:
     def from_dict(cls, data: dict[str, Any]) -> "Suite":
         """Inverse of ``to_dict``; checks the format version and the content hash."""
         if data.get("format") != "tlatlas.suite" or data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"not a tlatlas suite of format version {FORMAT_VERSION}: "
+            raise InvalidInputError(f"not a tlatlas suite of format version {FORMAT_VERSION}: "
                              f"{data.get('format')!r} v{data.get('format_version')!r}")
         suite = cls(kind=data["kind"], seed=int(data["seed"]), examples=tuple(
             Example(family=e["family"], prompt=e["prompt"], answer=e["answer"],
                     meta=dict(e.get("meta", {}))) for e in data["examples"]))
         if "content_hash" in data and data["content_hash"] != suite.content_hash:
-            raise ValueError("suite content hash does not match its examples")
+            raise InvalidInputError("suite content hash does not match its examples")
         return suite
 
 
@@ -181,9 +182,9 @@ def build_suite(
     ``families`` restricts (and canonically orders) the families; unknown ones raise KeyError.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown suite kind {kind!r}; known: {', '.join(KINDS)}")
+        raise InvalidInputError(f"unknown suite kind {kind!r}; known: {', '.join(KINDS)}")
     if per_family is not None and per_family < 1:
-        raise ValueError(f"per_family must be >= 1, got {per_family}")
+        raise InvalidInputError(f"per_family must be >= 1, got {per_family}")
     if not FAMILIES:
         raise RuntimeError("no task families are registered; import tlatlas.tasks")
     if isinstance(families, str):
@@ -298,5 +299,5 @@ def scored_token_ids(examples: Sequence[Example] | Suite, tokenizer: Tokenizer, 
     if problems:
         shown = "; ".join(f"{p.example.prompt[-40:]!r}+{p.example.answer!r}: {p.reason}"
                           for p in problems[:3])
-        raise ValueError(f"{len(problems)} ill-formed answer(s), e.g. {shown}")
+        raise InvalidInputError(f"{len(problems)} ill-formed answer(s), e.g. {shown}")
     return [t for t in targets if t is not None]

@@ -36,6 +36,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from tlatlas.atlas.hubs import HubSummary, SeedSpread, hub_summary
 from tlatlas.atlas.posmap import PositionMap
 from tlatlas.atlas.sums import AtlasSums, mean_effect, offset_effect
+from tlatlas.errors import InvalidInputError
 
 UNITS = {"kl": "KL (nats)", "dlogp": "Δlogp (nats)", "acc_drop": "accuracy drop"}
 CMAP = "viridis"
@@ -68,7 +69,7 @@ def layer_position_heatmap(effect, *, layers: Sequence[int], labels: Sequence[st
     """Heatmap of ``effect`` [layer pos] (NaN cells blank), one column per label."""
     data = np.asarray(effect, dtype=float)
     if data.shape != (len(layers), len(labels)):
-        raise ValueError(f"effect has shape {data.shape}, expected "
+        raise InvalidInputError(f"effect has shape {data.shape}, expected "
                          f"({len(layers)} layers, {len(labels)} positions)")
     fig = Figure(figsize=(max(6.0, 0.32 * len(labels) + 2.5), max(3.0, 0.22 * len(layers) + 1.5)),
                  layout="constrained")
@@ -84,7 +85,7 @@ def layer_position_heatmap(effect, *, layers: Sequence[int], labels: Sequence[st
 def offset_heatmap(sums: AtlasSums, *, metric: str = "kl", component: str = "resid") -> Figure:
     """Atlas position map by distance before the scored token (0 = the scored token)."""
     if not sums.has_positions:
-        raise ValueError("this atlas has no position maps (compute it with --positions)")
+        raise InvalidInputError("this atlas has no position maps (compute it with --positions)")
     eff = offset_effect(sums, metric, component).numpy().copy()  # [layer offset]
     counts = sums.tensors["offset.count"].sum(-1).numpy()
     eff[:, counts == 0] = np.nan  # no prompt reaches that far back
@@ -173,7 +174,7 @@ def lora_pareto(rows: Sequence[Mapping], *, key: str | None = None,
     non-dominated strategies. ``key`` defaults to ``strategy`` or ``module_set``.
     """
     if not rows:
-        raise ValueError("no study rows to plot")
+        raise InvalidInputError("no study rows to plot")
     key = key or ("strategy" if "strategy" in rows[0] else "module_set")
     groups: dict[str, list[Mapping]] = {}
     for r in rows:
@@ -215,7 +216,7 @@ def layer_skip_figure(rows: Sequence[Mapping]) -> Figure:
     size are averaged (over seeds).
     """
     if not rows:
-        raise ValueError("no layer-skip rows to plot")
+        raise InvalidInputError("no layer-skip rows to plot")
     groups: dict[str, list[Mapping]] = {}
     for r in rows:
         groups.setdefault(f"{r['skip_set']} k={r['k']}", []).append(r)

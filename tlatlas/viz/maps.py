@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tlatlas.atlas.posmap import PositionMap
+from tlatlas.errors import InvalidInputError
 
 MOUNT_CLASS = "tlatlas-circuitsvis"
 """CSS class of every ``<div>`` a circuitsvis component mounts into."""
@@ -55,7 +56,7 @@ def _props(maps: Sequence[PositionMap]) -> dict:
     first = maps[0]
     for m in maps[1:]:
         if m.tokens != first.tokens or m.layers != first.layers:
-            raise ValueError("maps shown together need the same prompts and layers")
+            raise InvalidInputError("maps shown together need the same prompts and layers")
     activations = []
     for i in range(len(first.tokens)):
         # [tok layer map]: circuitsvis wants tokens x first dimension x second dimension
@@ -80,7 +81,7 @@ def map_element(maps: PositionMap | Sequence[PositionMap], *, element_id: str | 
     """
     maps = [maps] if isinstance(maps, PositionMap) else list(maps)
     if not maps:
-        raise ValueError("no position map to show")
+        raise InvalidInputError("no position map to show")
     element_id = element_id or "circuits-vis-" + uuid.uuid4().hex[:12]
     props = json.dumps(_props(maps), allow_nan=False).replace("</", "<\\/")
     caption = (f"Effect on the scored token ({maps[0].metric}) of {maps[0].ablation}-ablating "
