@@ -50,6 +50,7 @@ def patch_bridge_kv_cache() -> None:
         return original(self, k, v, **kwargs)
 
     _update_kv_cache._tlatlas_patched = True  # type: ignore[attr-defined]
+    _update_kv_cache.tlatlas_original = original  # type: ignore[attr-defined]
     attention.AttentionBridge._update_kv_cache = _update_kv_cache
 
 
