@@ -34,6 +34,31 @@ def check_kind(kind: str) -> AblationKind:
     return kind  # type: ignore[return-value]
 
 
+PositionPolicy = Literal["all", "all-but-bos", "bos-only"]
+POSITION_POLICIES: tuple[PositionPolicy, ...] = ("all", "all-but-bos", "bos-only")
+"""Which positions a layer ablation touches. BOS is an attention sink whose activation is
+the same in every prompt: zero-ablating it measures the sink, and mean or resample
+ablation there change nothing. ``bos-only`` is that condition on its own."""
+
+
+def check_policy(policy: str) -> PositionPolicy:
+    if policy not in POSITION_POLICIES:
+        raise InvalidInputError(f"unknown position policy {policy!r}; choose one of "
+                                f"{', '.join(POSITION_POLICIES)}")
+    return policy  # type: ignore[return-value]
+
+
+def ablation_mask(roles: Int[Tensor, "batch pos"], policy: PositionPolicy
+                  ) -> Bool[Tensor, "batch pos"]:
+    """The positions a layer ablation under ``policy`` writes to (never padding)."""
+    real = roles != ROLE_PAD
+    if check_policy(policy) == "all":
+        return real
+    if policy == "bos-only":
+        return roles == ROLE_BOS
+    return real & (roles != ROLE_BOS)
+
+
 def position_mask(roles: Int[Tensor, "batch pos"], positions: Positions) -> Bool[Tensor, "batch pos"]:
     """Which positions to ablate: all real tokens, one role, or one absolute index."""
     real = roles != ROLE_PAD

@@ -43,7 +43,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tlatlas.atlas.ablation import AblationKind, RoleStats, check_kind, position_mask, replacement
+from tlatlas.atlas.ablation import (
+    AblationKind,
+    PositionPolicy,
+    RoleStats,
+    ablation_mask,
+    check_kind,
+    position_mask,
+    replacement,
+)
 from tlatlas.atlas.config import COMPONENT_HOOKS, COMPONENTS, POS_COMPONENTS
 from tlatlas.atlas.engine import encoded_batches
 from tlatlas.atlas.sums import AtlasSums, accumulate
@@ -138,6 +146,7 @@ def attribution_effects(
     ablation: AblationKind = "zero",
     means: dict[str, RoleStats] | None = None,
     positions: bool = False,
+    positions_ablated: PositionPolicy = "all",
 ) -> tuple[CleanRun, Float[Tensor, "component layer batch"],
            Float[Tensor, "pcomp layer batch pos"] | None]:
     """Estimated Delta-logp of every layer (and position) ablation of one batch.
@@ -156,6 +165,7 @@ def attribution_effects(
             raise UnknownNameError(f"no reference means for hook(s): {', '.join(missing)}")
     logits, acts, grads = target_logp_grads(model, batch, attribution_hook_names(layers))
     real = position_mask(batch.roles, "all").to(logits.device)
+    layer_mask = ablation_mask(batch.roles, positions_ablated).to(logits.device)
     delta = {n: replacement(ablation, acts[n], batch.roles,
                             means=means[n].means() if ablation == "mean" else None) - acts[n]
              for n in ablated}  # r - a, [batch pos d_model]
@@ -173,7 +183,7 @@ def attribution_effects(
     for li, layer in enumerate(layers):
         for ci, comp in enumerate(COMPONENTS):
             t = term(layer, comp)
-            layer_e[ci, li] = t.sum(-1).cpu()
+            layer_e[ci, li] = (t * layer_mask).sum(-1).cpu()
             if pos_e is not None and comp in POS_COMPONENTS:
                 pos_e[POS_COMPONENTS.index(comp), li] = t.cpu()
         if pos_e is not None:
@@ -189,7 +199,7 @@ def attribution_effects(
 def _as_metric_slots(dlogp: Tensor) -> Tensor:
     """Put the estimate in the dlogp slot; other slots 0 (NaN where dlogp is NaN).
 
-    ``atlas._accumulate`` reads validity from the kl slot, so it must carry the NaNs; the
+    ``sums.accumulate`` reads validity from the kl slot, so it must carry the NaNs; the
     kl / acc_drop sums are set to NaN afterwards.
     """
     out = torch.where(torch.isnan(dlogp), float("nan"), 0.0).expand(len(METRICS), *dlogp.shape)
@@ -209,6 +219,7 @@ def attribution_sums(
     max_offset: int = 32,
     layers: Sequence[int] | None = None,
     families: Sequence[str] | None = None,
+    positions_ablated: PositionPolicy = "all",
     on_batch: Callable[[int], None] | None = None,
 ) -> AtlasSums:
     """The attribution-patching atlas, laid out exactly like ``atlas.compute_atlas_sums``.
@@ -228,14 +239,19 @@ def attribution_sums(
     layer_ids = check_layers(model, layers)
     fams = tuple(families) if families is not None else tuple(dict.fromkeys(e.family for e in examples))
     sums = AtlasSums.empty(fams, layer_ids, positions=positions, max_offset=max_offset)
-    for _, batch in encoded_batches(examples, model.tokenizer, batch_size=batch_size):
+    for exs, batch in encoded_batches(examples, model.tokenizer, batch_size=batch_size):
         clean, layer_e, pos_e = attribution_effects(model, batch, layer_ids, ablation=ablation,
-                                                    means=means, positions=positions)
+                                                    means=means, positions=positions,
+                                                    positions_ablated=positions_ablated)
         accumulate(sums, batch, clean, _as_metric_slots(layer_e),
-                   None if pos_e is None else _as_metric_slots(pos_e))
+                   None if pos_e is None else _as_metric_slots(pos_e),
+                   [ex.uid for ex in exs])
         if on_batch is not None:
             on_batch(len(batch))
-    for key in ("layer.sum", "role.sum", "offset.sum"):
+    sums = sums.finished()
+    sums.tensors["seen.count"] = sums.tensors["count"].clone()
+    sums.tensors["seen.correct"] = sums.tensors["clean.correct"].clone()
+    for key in ("layer.sum", "role.sum", "offset.sum", "example.layer", "example.role"):
         if key in sums.tensors:
             for m, metric in enumerate(METRICS):
                 if metric not in ESTIMATED_METRICS:

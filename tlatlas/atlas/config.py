@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from tlatlas.atlas.ablation import AblationKind, check_kind
+from tlatlas.atlas.ablation import AblationKind, PositionPolicy, check_kind, check_policy
 from tlatlas.errors import InvalidInputError
 from tlatlas.hooks import hook_name
 
@@ -42,9 +42,21 @@ class AtlasConfig:
     """Layers to sweep (default all)."""
     resample_seed: int = 0
     """Seed of the donor draws of resample ablation."""
+    positions_ablated: PositionPolicy = "all"
+    """Which positions a layer ablation touches: ``all``, ``all-but-bos`` or ``bos-only``
+    (see :data:`tlatlas.atlas.ablation.POSITION_POLICIES`; the default is chosen by
+    measurement, docs/atlas.md). Position maps ablate one position at a time regardless."""
+    correct_only: bool = False
+    """Score only examples whose clean top-1 is the answer (one extra clean forward
+    each); per-family clean accuracy and the n used are recorded either way."""
+    min_family_examples: int = 2
+    """Families scored on fewer examples are flagged and left out of the hub."""
 
     def __post_init__(self) -> None:
         check_kind(self.ablation)
+        check_policy(self.positions_ablated)
+        if self.min_family_examples < 1:
+            raise InvalidInputError("min_family_examples must be >= 1")
         if self.method not in ("exact", "naive"):
             raise InvalidInputError(f"unknown method {self.method!r}; choose exact or naive")
         if self.batch_size < 2:
@@ -53,8 +65,6 @@ class AtlasConfig:
             raise InvalidInputError("max_offset must be >= 1")
         if self.position_chunk < 1:
             raise InvalidInputError("position_chunk must be >= 1")
-
-
 
 
 def atlas_hook_names(layers: Sequence[int], positions: bool) -> tuple[list[str], list[str]]:

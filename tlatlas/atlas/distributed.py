@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from tlatlas.atlas.ablation import RoleStats
-from tlatlas.atlas.sums import AtlasSums
+from tlatlas.atlas.sums import EXAMPLE_KEYS, AtlasSums, canonical_rows
 from tlatlas.errors import InvalidInputError, TlatlasError
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -183,13 +183,22 @@ def _all_reduce(ctx: DistContext, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torc
 
 
 def all_reduce_sums(sums: AtlasSums, ctx: DistContext) -> AtlasSums:
-    """Atlas sums and counts added over all ranks (fp64, one all_reduce per tensor)."""
+    """Atlas sums and counts added over all ranks (fp64, one all_reduce per tensor), and
+    the per-example rows of every rank concatenated (one all_gather), in canonical order."""
+    rows = {k: v for k, v in sums.tensors.items() if k in EXAMPLE_KEYS}
+    totals = {k: v for k, v in sums.tensors.items() if k not in EXAMPLE_KEYS}
     _check_same(ctx, (sums.families, sums.layers, sums.max_offset,
-                      sorted((k, tuple(v.shape)) for k, v in sums.tensors.items())),
+                      sorted((k, tuple(v.shape)) for k, v in totals.items()),
+                      sorted((k, tuple(v.shape[:-1])) for k, v in rows.items())),
                 "atlas sums")
+    tensors = {k: _all_reduce(ctx, totals[k].double()) for k in sorted(totals)}
+    if rows:
+        gathered: list[dict[str, torch.Tensor] | None] = [None] * ctx.world_size
+        dist.all_gather_object(gathered, {k: v.cpu() for k, v in rows.items()})
+        tensors.update(canonical_rows({k: torch.cat([g[k] for g in gathered], dim=-1)
+                                       for k in rows}))
     return AtlasSums(families=sums.families, layers=sums.layers, max_offset=sums.max_offset,
-                     tensors={k: _all_reduce(ctx, sums.tensors[k].double())
-                              for k in sorted(sums.tensors)})
+                     tensors=tensors)
 
 
 def all_reduce_role_stats(stats: Mapping[str, RoleStats], ctx: DistContext

@@ -4,17 +4,26 @@
   (each family weighted equally);
 - **family agreement**: the share of families whose own argmax layer is the hub;
 - **across seeds** (each seed resamples the suite): the hub per seed, its mode, and
-  the standard deviation of its index.
+  the standard deviation of its index (only for two or more seeds);
+- **evidence** (:func:`hub_evidence`): a stratified bootstrap over the atlas's examples
+  gives each layer's interval, P(hub = L) for every layer, the hub's margin over the
+  runner-up with its interval, and family agreement with its interval.
 """
 
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from tlatlas.atlas.sums import AtlasSums, mean_effect
 from tlatlas.errors import InvalidInputError, UnknownNameError
 from tlatlas.io import known_fields
+from tlatlas.stats import DEFAULT_REPLICATES, Interval, percentile_interval
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +48,8 @@ class HubSummary:
     """Metric the hub is computed on."""
     component: str
     """Component the hub is computed on."""
+    excluded: dict[str, str] = field(default_factory=dict)
+    """Families left out of the hub, with why (too few scored examples)."""
 
     def to_dict(self) -> dict:
         return {"kind": "tlatlas.hub_summary", "format_version": 1, **asdict(self)}
@@ -49,13 +60,32 @@ class HubSummary:
         return cls(**{**fields, "layer_effect": tuple(fields["layer_effect"])})
 
 
-def hub_summary(sums: AtlasSums, *, metric: str = "kl", component: str = "block",
-                families: Sequence[str] | None = None) -> HubSummary:
-    """Hub of an atlas, optionally restricted to some families (e.g. a narrower suite)."""
+def hub_families(sums: AtlasSums, families: Sequence[str] | None = None, *,
+                 min_examples: int = 1) -> tuple[list[str], dict[str, str]]:
+    """The families a hub is computed over, and those left out with the reason.
+
+    A family scored on fewer than ``min_examples`` examples (e.g. after keeping only
+    examples the model answers correctly) is left out: its mean is too noisy to vote.
+    """
     fams = list(families) if families is not None else list(sums.families)
     missing = [f for f in fams if f not in sums.families]
     if missing:
         raise UnknownNameError(f"families {missing} are not in this atlas ({', '.join(sums.families)})")
+    count = sums.tensors["count"]
+    excluded = {f: f"scored on {int(count[sums.families.index(f)])} example(s), fewer than "
+                   f"{min_examples}" for f in fams if count[sums.families.index(f)] < min_examples}
+    used = [f for f in fams if f not in excluded]
+    if not used:
+        raise InvalidInputError(f"no family has {min_examples} or more scored examples: "
+                                f"{'; '.join(f'{f} {r}' for f, r in excluded.items())}")
+    return used, excluded
+
+
+def hub_summary(sums: AtlasSums, *, metric: str = "kl", component: str = "block",
+                families: Sequence[str] | None = None, min_examples: int = 1) -> HubSummary:
+    """Hub of an atlas, optionally restricted to some families (e.g. a narrower suite);
+    families scored on fewer than ``min_examples`` examples are left out (``excluded``)."""
+    fams, excluded = hub_families(sums, families, min_examples=min_examples)
     idx = [sums.families.index(f) for f in fams]
     effect = mean_effect(sums, metric, component)[:, idx]  # [layer family]
     per_layer = effect.mean(1)
@@ -69,6 +99,7 @@ def hub_summary(sums: AtlasSums, *, metric: str = "kl", component: str = "block"
         family_argmax=argmax,
         family_agreement=sum(v == hub for v in argmax.values()) / len(fams),
         layer_effect=tuple(float(x) for x in per_layer), metric=metric, component=component,
+        excluded=excluded,
     )
 
 
@@ -82,8 +113,9 @@ class SeedSpread:
     """Hub layer per seed."""
     mode: int
     """Most frequent hub (the lowest layer on ties)."""
-    std: float
-    """Population standard deviation of the hub index (0 for one seed)."""
+    std: float | None
+    """Population standard deviation of the hub index; None for one seed (a spread
+    needs two or more: one seed has no spread, which is not a spread of 0)."""
     agreement: tuple[float, ...]
     """Family agreement per seed."""
 
@@ -96,6 +128,131 @@ def seed_spread(seeds: Sequence[int], summaries: Sequence[HubSummary]) -> SeedSp
     top = max(counts.values())
     return SeedSpread(
         seeds=tuple(seeds), hubs=hubs, mode=min(h for h, c in counts.items() if c == top),
-        std=statistics.pstdev(hubs) if len(hubs) > 1 else 0.0,
+        std=statistics.pstdev(hubs) if len(hubs) > 1 else None,
         agreement=tuple(s.family_agreement for s in summaries),
     )
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubEvidence:
+    """How sure we are of an atlas's hub: a stratified bootstrap over its examples."""
+
+    metric: str
+    """Metric the hub is computed on."""
+    component: str
+    """Component the hub is computed on."""
+    layers: tuple[int, ...]
+    """Layer of each entry of the per-layer tuples."""
+    n_examples: int
+    """Examples the statistics rest on (in the families used)."""
+    replicates: int
+    """Bootstrap replicates."""
+    hub_layer: int
+    """The hub of the data as observed."""
+    runner_up: int
+    """The layer with the second-largest effect."""
+    layer_estimate: tuple[float, ...]
+    """Family-averaged effect of every layer."""
+    layer_ci_low: tuple[float, ...]
+    """Lower 95% bound of each layer's effect."""
+    layer_ci_high: tuple[float, ...]
+    """Upper 95% bound of each layer's effect."""
+    hub_probability: tuple[float, ...]
+    """P(hub = L): the share of replicates whose hub is each layer (sums to 1)."""
+    hub_margin: Interval
+    """Effect of the hub minus the runner-up's (per replicate: the observed hub's effect
+    minus the largest other layer's), with its interval."""
+    family_agreement: Interval
+    """Share of families whose own argmax is the hub (per replicate: that replicate's hub)."""
+    families: tuple[str, ...]
+    """Families used."""
+    excluded: dict[str, str]
+    """Families left out, with why."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "component": self.component, "layers": list(self.layers),
+                "n_examples": self.n_examples, "replicates": self.replicates,
+                "hub_layer": self.hub_layer, "runner_up": self.runner_up,
+                "hub_probability": list(self.hub_probability),
+                "hub_margin": self.hub_margin.to_dict(),
+                "layer_effect": {"estimate": list(self.layer_estimate),
+                                 "ci_low": list(self.layer_ci_low),
+                                 "ci_high": list(self.layer_ci_high)},
+                "family_agreement": self.family_agreement.to_dict(),
+                "families": list(self.families), "excluded": dict(self.excluded)}
+
+
+def family_mean_replicates(effect: Float[Tensor, "layer example"],
+                           family: Int[Tensor, " example"], n_families: int, *,
+                           replicates: int, generator: torch.Generator
+                           ) -> tuple[Float[Tensor, "layer family"],
+                                      Float[Tensor, "rep layer family"]]:
+    """Each family's mean effect per layer, observed and in every bootstrap replicate
+    (examples resampled within their family; memory ~ replicates x (layers + examples))."""
+    e = effect.double()
+    n_l = e.shape[0]
+    observed = torch.full((n_l, n_families), float("nan"), dtype=torch.float64)
+    reps = torch.full((replicates, n_l, n_families), float("nan"), dtype=torch.float64)
+    for f in range(n_families):
+        members = torch.nonzero(family == f)[:, 0]
+        n = members.numel()
+        if n == 0:
+            continue
+        e_f = e[:, members]  # [layer n]
+        observed[:, f] = e_f.mean(1)
+        draws = torch.randint(0, n, (replicates, n), generator=generator)
+        weights = torch.zeros(replicates, n, dtype=torch.float64)
+        weights.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+        reps[:, :, f] = weights @ e_f.T / n  # [rep layer]
+    return observed, reps
+
+
+def hub_evidence(sums: AtlasSums, *, metric: str = "kl", component: str = "block",
+                 families: Sequence[str] | None = None, min_examples: int = 1,
+                 replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> HubEvidence:
+    """The hub with P(hub = L) for every layer, its margin over the runner-up, each
+    layer's interval and family agreement's, by a stratified bootstrap over examples.
+
+    Raises InvalidInputError for an atlas without per-example effects (format 1).
+    """
+    fams, excluded = hub_families(sums, families, min_examples=min_examples)
+    if len(sums.layers) < 2:
+        raise InvalidInputError("a hub's margin needs at least two layers")
+    effect = sums.example_effect(metric, component)  # [layer example]
+    fam_idx = sums.tensors["example.family"]
+    keep_f = torch.tensor([sums.families.index(f) for f in fams])
+    rows = torch.isin(fam_idx, keep_f)
+    remap = torch.full((len(sums.families),), -1, dtype=torch.long)
+    remap[keep_f] = torch.arange(len(fams))
+    gen = torch.Generator().manual_seed(seed)
+    observed, reps = family_mean_replicates(effect[:, rows], remap[fam_idx[rows]], len(fams),
+                                            replicates=replicates, generator=gen)
+    per_layer = observed.mean(1)  # [layer]
+    rep_layer = reps.mean(2)  # [rep layer]
+    hub_i = int(per_layer.argmax())
+    others = per_layer.clone()
+    others[hub_i] = -torch.inf
+    runner_i = int(others.argmax())
+    rep_others = rep_layer.clone()
+    rep_others[:, hub_i] = -torch.inf
+    margins = rep_layer[:, hub_i] - rep_others.max(1).values
+    rep_hub = rep_layer.argmax(1)  # [rep]
+    p_hub = torch.bincount(rep_hub, minlength=len(sums.layers)).double() / replicates
+    rep_agree = (reps.argmax(1) == rep_hub[:, None]).double().mean(1)
+    obs_agree = float((observed.argmax(0) == hub_i).double().mean())
+    lo, hi = percentile_interval(torch.stack([margins, rep_agree], 1))
+    layer_lo, layer_hi = percentile_interval(rep_layer)
+    n = int(rows.sum())
+    return HubEvidence(
+        metric=metric, component=component, layers=sums.layers, n_examples=n,
+        replicates=replicates, hub_layer=sums.layers[hub_i], runner_up=sums.layers[runner_i],
+        layer_estimate=tuple(per_layer.tolist()), layer_ci_low=tuple(layer_lo.tolist()),
+        layer_ci_high=tuple(layer_hi.tolist()), hub_probability=tuple(p_hub.tolist()),
+        hub_margin=Interval(estimate=float(per_layer[hub_i] - per_layer[runner_i]),
+                            ci_low=float(lo[0]), ci_high=float(hi[0]), n=n),
+        family_agreement=Interval(estimate=obs_agree, ci_low=float(lo[1]),
+                                  ci_high=float(hi[1]), n=n),
+        families=tuple(fams), excluded=excluded)

@@ -16,7 +16,7 @@ from tlatlas.atlas.distributed import (
 from tlatlas.atlas.store import Atlas, AtlasMeta
 from tlatlas.atlas.sweep import compute_atlas_sums, reference_stats
 from tlatlas.errors import InvalidInputError
-from tlatlas.models import LoadedModel, check_layers
+from tlatlas.models import LoadedModel, check_layers, dtype_label
 from tlatlas.tasks import build_suite
 
 REFERENCE_SEED_OFFSET = 1_000_003
@@ -97,7 +97,9 @@ def build_atlas(
 
             sums = attribution_sums(model, list(scored), ablation=config.ablation, means=means,
                                     batch_size=config.batch_size, positions=config.positions,
-                                    layers=layers, families=suite.families, on_batch=on_batch)
+                                    layers=layers, families=suite.families,
+                                    positions_ablated=config.positions_ablated,
+                                    on_batch=on_batch)
         else:
             sums = compute_atlas_sums(model, list(scored), replace(config, method=method),
                                       families=suite.families, means=means, on_batch=on_batch)
@@ -110,9 +112,11 @@ def build_atlas(
     meta = AtlasMeta(
         model=model.name, fingerprint=model.fingerprint, suite_kind=spec.kind,
         suite_hash=suite.content_hash, seed=spec.seed, ablation=config.ablation, method=method,
-        n_examples=len(suite) if dist is not None else len(scored), shard=spec.shard,
+        n_examples=sums.n_examples, shard=spec.shard,
         reference_hash=ref_hash, command=command, timings=timings,
         world_size=dist.world_size if dist is not None else 1,
+        positions_ablated=config.positions_ablated, correct_only=config.correct_only,
+        min_family_examples=config.min_family_examples, dtype=dtype_label(model.dtype),
     )
     return Atlas(sums=sums, meta=meta)
 

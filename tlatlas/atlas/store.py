@@ -22,7 +22,10 @@ from tlatlas.models import Fingerprint
 from tlatlas.tokens import ROLES
 
 ATLAS_KIND = "tlatlas.atlas"
-ATLAS_FORMAT_VERSION = 1
+ATLAS_FORMAT_VERSION = 2
+"""2: per-example effects (``example.*`` tensors) and the ablation's position policy.
+Format-1 files (sums only) still load; they have no intervals."""
+READABLE_VERSIONS = (1, 2)
 TENSORS_SUFFIX = ".atlas.safetensors"
 META_SUFFIX = ".atlas.json"
 
@@ -62,6 +65,17 @@ class AtlasMeta:
     world_size: int = 1
     """Processes that computed it together (torchrun ranks); 1 for a single process.
     Added without a format bump: files written before it load with the default."""
+    positions_ablated: str = "all"
+    """Which positions a layer ablation touched: ``all``, ``all-but-bos`` or ``bos-only``
+    (format-1 files ablated all positions)."""
+    correct_only: bool = False
+    """Whether only examples the clean model answers correctly were scored."""
+    min_family_examples: int = 1
+    """Families scored on fewer examples are left out of the hub."""
+    dtype: str = "fp32"
+    """The dtype the model computed in (``fp32``, ``bf16``, ...)."""
+    format_version: int = ATLAS_FORMAT_VERSION
+    """The file format it was read from (1: sums only, no per-example effects)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -124,13 +138,19 @@ def load_atlas(stem: str | os.PathLike[str], *, fingerprint: Fingerprint | None 
     """
     tensors_path, meta_path = atlas_paths(stem)
     header, tensors = read_result_files(tensors_path, meta_path, kind=ATLAS_KIND,
-                                        format_version=ATLAS_FORMAT_VERSION, noun="atlas",
+                                        format_version=READABLE_VERSIONS, noun="atlas",
                                         error=AtlasFileError)
-    meta = AtlasMeta.from_dict(header["meta"])
+    meta = replace(AtlasMeta.from_dict(header["meta"]), format_version=header["format_version"])
     f, n_l = len(header["families"]), len(header["layers"])
     if tensors["layer.sum"].shape != (len(METRICS), len(COMPONENTS), n_l, f):
         raise AtlasFileError(f"{tensors_path}: layer.sum does not match "
                              f"{n_l} layers x {f} families")
+    if "example.layer" in tensors:
+        n = tensors["example.id"].shape[0]
+        if tensors["example.layer"].shape != (len(METRICS), len(COMPONENTS), n_l, n) or \
+                int(tensors["count"].sum()) != n:
+            raise AtlasFileError(f"{tensors_path}: per-example effects do not match the "
+                                 f"counts ({n} rows, {int(tensors['count'].sum())} counted)")
     if fingerprint is not None and not force:
         fingerprint.check_matches(meta.fingerprint, what=f"atlas {meta_path}")
     sums = AtlasSums(families=tuple(header["families"]), layers=tuple(header["layers"]),
@@ -156,7 +176,7 @@ def merge_atlases(atlases: list[Atlas]) -> Atlas:
         raise AtlasFileError("nothing to merge")
     first = atlases[0].meta
     same = ("fingerprint", "suite_kind", "suite_hash", "seed", "ablation", "method",
-            "reference_hash", "metrics_version")
+            "reference_hash", "metrics_version", "positions_ablated", "correct_only", "dtype")
     for a in atlases[1:]:
         for key in same:
             if getattr(a.meta, key) != getattr(first, key):

@@ -13,6 +13,7 @@ ranks merge exactly and memory does not grow with the number of examples.
 """
 
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tlatlas.atlas.ablation import (
+    PositionPolicy,
     RoleStats,
+    ablation_mask,
     position_mask,
     replacement,
     resample_donors,
@@ -60,6 +63,10 @@ class AblationBatch:
     """The clean run (scored logits, cached activations, keys/values)."""
     values: dict[str, Tensor]
     """Hook name -> what an ablation writes there, ``[batch pos d_model]``."""
+    positions_ablated: PositionPolicy = "all"
+    """Which positions a layer ablation writes to."""
+    uids: tuple[int, ...] = ()
+    """Each row's :attr:`~tlatlas.tasks.Example.uid` (empty for plain prompts)."""
 
 
 def replacements(batch: TokenBatch, clean: CleanRun, config: AtlasConfig,
@@ -85,7 +92,7 @@ def layer_effects(ctx: AblationBatch, layers: Sequence[int], method: Method
     """Effect of ablating each component of each layer at every position, per example."""
     model, batch, clean = ctx.model, ctx.batch, ctx.clean
     b = len(batch)
-    mask = position_mask(batch.roles, "all").to(model.device)
+    mask = ablation_mask(batch.roles, ctx.positions_ablated).to(model.device)
     out = torch.zeros(len(METRICS), len(COMPONENTS), len(layers), b)
     for li, layer in enumerate(layers):
         if method == "naive":
@@ -203,7 +210,9 @@ def ablation_batch(model: LoadedModel, cb: CleanBatch, config: AtlasConfig,
         gen = torch.Generator().manual_seed(config.resample_seed * 1_000_003 + cb.index)
         donors = resample_donors(cb.batch.families, gen)
     values = replacements(cb.batch, cb.clean, config, means, layers, hooks, donors)
-    return AblationBatch(model=model, batch=cb.batch, clean=cb.clean, values=values)
+    return AblationBatch(model=model, batch=cb.batch, clean=cb.clean, values=values,
+                         positions_ablated=config.positions_ablated,
+                         uids=tuple(ex.uid for ex in cb.examples))
 
 
 def compute_atlas_sums(
@@ -225,6 +234,9 @@ def compute_atlas_sums(
         raise InvalidInputError("mean ablation needs reference statistics (reference_stats)")
     fams = tuple(families) if families is not None else tuple(dict.fromkeys(e.family for e in examples))
     sums = AtlasSums.empty(fams, layers, positions=config.positions, max_offset=config.max_offset)
+    if config.correct_only:
+        examples, seen = correct_examples(model, examples, fams, batch_size=config.batch_size,
+                                          resample=config.ablation == "resample")
     value_hooks, cached_hooks = atlas_hook_names(layers, config.positions)
     hooks = sorted({h.split(".", 2)[2] for h in value_hooks})
     for cb in clean_batches(model, examples, cached_hooks, batch_size=config.batch_size):
@@ -232,9 +244,36 @@ def compute_atlas_sums(
         layer_e = layer_effects(ctx, layers, config.method)
         pos_e = (position_effects(ctx, layers, config.method, config.position_chunk)
                  if config.positions else None)
-        accumulate(sums, cb.batch, cb.clean, layer_e, pos_e)
+        accumulate(sums, cb.batch, cb.clean, layer_e, pos_e, ctx.uids)
         if on_batch is not None:
             on_batch(len(cb.batch))
-    return sums
+    if not config.correct_only:
+        seen = {"seen.count": sums.tensors["count"].clone(),
+                "seen.correct": sums.tensors["clean.correct"].clone()}
+    sums.tensors.update(seen)
+    return sums.finished()
+
+
+def correct_examples(model: LoadedModel, examples: Sequence[Example], families: Sequence[str],
+                     *, batch_size: int, resample: bool = False
+                     ) -> tuple[list[Example], dict[str, Tensor]]:
+    """The examples whose clean top-1 is the answer, and per-family counts of all examples
+    seen and of the correct ones (``seen.count``, ``seen.correct`` [family], fp64).
+
+    With ``resample`` a family left with one correct example is dropped (it has no donor).
+    """
+    kept: list[Example] = []
+    count = torch.zeros(len(families), dtype=torch.float64)
+    correct = torch.zeros(len(families), dtype=torch.float64)
+    for cb in clean_batches(model, examples, [], batch_size=batch_size):
+        hit = (cb.clean.scored_logits.argmax(-1).cpu() == cb.batch.target).tolist()
+        f = families.index(cb.batch.families[0])
+        count[f] += len(hit)
+        correct[f] += sum(hit)
+        kept.extend(ex for ex, h in zip(cb.examples, hit, strict=True) if h)
+    if resample:
+        per_family = Counter(ex.family for ex in kept)
+        kept = [ex for ex in kept if per_family[ex.family] >= 2]
+    return kept, {"seen.count": count, "seen.correct": correct}
 
 

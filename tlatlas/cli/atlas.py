@@ -3,7 +3,19 @@
 import argparse
 import sys
 
-from tlatlas.cli.common import hub_table, parse_shard, role_table
+from tlatlas.cli.common import (
+    add_batch_size,
+    add_families,
+    add_model_arg,
+    add_suite_args,
+    fail,
+    hub_table,
+    non_negative_int,
+    output_dir,
+    role_table,
+    shard,
+    suite_from_args,
+)
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
@@ -13,8 +25,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     if dist is None:
         return _atlas(args, None)
     if args.shard is not None:
-        raise SystemExit("tlatlas: error: under torchrun each rank takes its own shard; "
-                         "drop --shard")
+        fail("under torchrun each rank takes its own shard; drop --shard")
     import torch.distributed
 
     with process_group(dist):
@@ -39,21 +50,30 @@ def _atlas(args: argparse.Namespace, dist) -> int:
     from tlatlas.atlas.hubs import hub_summary
     from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
     from tlatlas.atlas.store import save_atlas
+    from tlatlas.models import check_layers
 
     primary = dist is None or dist.is_primary
-    shard = parse_shard(args.shard)
+    shard = args.shard
+    part = dist.shard if dist is not None else shard
+    # every argument is checked before the model loads: a bad one fails in a second
     config = AtlasConfig(ablation=args.ablation, positions=args.positions,
                          batch_size=args.batch_size,
                          method="naive" if args.method == "naive" else "exact",
                          layers=tuple(args.layers) if args.layers else None)
+    suites = {seed: suite_from_args(args, seed=seed) for seed in args.seeds}
+    for suite in suites.values():
+        if part is not None:
+            suite.shard(*part)  # too few examples for this many shards raises here
     model = _load_model(args.model, dist)
+    check_layers(model, config.layers)
     out = Path(args.out)
     command = args.command_line
     rows = []
-    for seed in args.seeds:
+    for seed, suite in suites.items():
         spec = SuiteSpec(kind=args.suite, seed=seed, per_family=args.per_family,
                          families=tuple(args.families) if args.families else None, shard=shard)
-        with tqdm(desc=f"atlas seed {seed}", unit="ex", file=sys.stderr,
+        total = len(suite.shard(*part)) if part is not None else len(suite)
+        with tqdm(total=total, desc=f"atlas seed {seed}", unit="ex", file=sys.stderr,
                   disable=not primary) as bar:
             atlas = build_atlas(model, spec, config, method=args.method, command=command,
                                 on_batch=bar.update, dist=dist)
@@ -100,13 +120,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     stems = find_atlases(args.dir)
     if not stems:
-        print(f"tlatlas: error: no *.atlas.json in {args.dir}", file=sys.stderr)
-        return 2
+        fail(f"no *.atlas.json in {args.dir}")
     atlases = [load_atlas(s) for s in stems]
     whole = [a for a in atlases if a.meta.shard is None]
     if not whole:
-        print("only shards here: run `tlatlas merge` first", file=sys.stderr)
-        return 2
+        fail(f"only shards in {args.dir}: run `tlatlas merge` first")
     m = whole[0].meta
     print(f"model {m.model} ({m.fingerprint.short})  suite {m.suite_kind} "
           f"{m.suite_hash[:12]}  ablation {m.ablation}  method {m.method}")
@@ -129,30 +147,58 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("atlas", help="causal atlas: ablation effects by layer/component/family")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--suite", choices=["synthetic", "nl"], default="synthetic")
-    p.add_argument("--per-family", type=int, default=None)
-    p.add_argument("--families", nargs="+", default=None, help="restrict to these families")
-    p.add_argument("--ablation", choices=["zero", "mean", "resample"], default="zero")
-    p.add_argument("--positions", action="store_true", help="also the position-resolved maps")
-    p.add_argument("--method", choices=["exact", "naive", "attribution"], default="exact")
-    p.add_argument("--seeds", type=int, nargs="+", default=[42])
-    p.add_argument("--layers", type=int, nargs="+", default=None)
-    p.add_argument("--shard", default=None, help="i/n: only this disjoint slice of the suite")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--out", required=True, help="output directory")
+    p = sub.add_parser("atlas", help="causal atlas: ablation effects by layer/component/family",
+                       description="Build the causal atlas: the effect (KL, change in log p, "
+                                   "accuracy drop) of ablating each layer's attention, MLP "
+                                   "and block, per task family. Writes one atlas per seed "
+                                   "to --out and prints the hub table.")
+    add_model_arg(p)
+    add_suite_args(p, per_family_help="examples per family scored (a stratified sample)",
+                   families_help="score only these families", seed=False)
+    p.add_argument("--ablation", choices=["zero", "mean", "resample"], default="zero",
+                   help="what replaces an ablated output: zeros, its mean over a reference "
+                        "set, or another prompt's (default zero)")
+    p.add_argument("--positions", action="store_true",
+                   help="also the position-resolved maps (one position ablated at a time; "
+                        "slower)")
+    p.add_argument("--method", choices=["exact", "naive", "attribution"], default="exact",
+                   help="exact: reuses the clean run (fast); naive: one full forward per "
+                        "ablation (same numbers, slower); attribution: a gradient estimate "
+                        "of dlogp (default exact)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42], metavar="SEED",
+                   help="suite seeds, one atlas each (default 42)")
+    p.add_argument("--layers", type=non_negative_int, nargs="+", default=None, metavar="L",
+                   help="ablate only these layers, 0-based (default: every layer)")
+    p.add_argument("--shard", type=shard, default=None, metavar="I/N",
+                   help="score only slice I of N disjoint stratified slices, 0 <= I < N "
+                        "(default: the whole suite); `tlatlas merge` joins them")
+    add_batch_size(p, 8)
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR",
+                   help="output directory (created if missing): seedS.atlas.json and "
+                        ".safetensors per seed")
     p.set_defaults(func=cmd_atlas)
 
-    p = sub.add_parser("show", help="the hub table of the atlases in a directory")
-    p.add_argument("dir")
-    p.add_argument("--metric", choices=["kl", "dlogp", "acc_drop"], default="kl")
-    p.add_argument("--component", choices=["attn", "mlp", "block"], default="block")
-    p.add_argument("--families", nargs="+", default=None,
-                   help="hub over these families only (e.g. the first four: suite breadth)")
+    p = sub.add_parser("show", help="the hub table of the atlases in a directory",
+                       description="The hub table (and position roles, if present) of the "
+                                   "whole-suite atlases in a directory.")
+    p.add_argument("dir", help="directory holding *.atlas.json files (`tlatlas atlas --out`)")
+    p.add_argument("--metric", choices=["kl", "dlogp", "acc_drop"], default="kl",
+                   help="effect measure: KL(clean || ablated) in nats, drop in the answer's "
+                        "log p in nats, or drop in top-1 accuracy (default kl; dlogp for "
+                        "an attribution atlas)")
+    p.add_argument("--component", choices=["attn", "mlp", "block"], default="block",
+                   help="which ablated component ranks the layers (default block)")
+    add_families(p, "hub over these families only (e.g. json factual code arithmetic: "
+                    "suite breadth)")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("merge", help="merge shards 0..n-1 into the whole-suite atlas")
-    p.add_argument("shards", nargs="+", help="shard stems or .atlas.json files")
-    p.add_argument("--out", required=True, help="output stem, e.g. out/seed42")
+    p = sub.add_parser("merge", help="merge shards 0..n-1 into the whole-suite atlas",
+                       description="Merge the shards 0..n-1 of one sweep (`tlatlas atlas "
+                                   "--shard i/n`) into the whole-suite atlas: sums and "
+                                   "counts are added, so it equals the unsharded atlas.")
+    p.add_argument("shards", nargs="+", metavar="SHARD",
+                   help="shard stems (out/seed42.shard0of2) or their .atlas.json files")
+    p.add_argument("--out", required=True, metavar="STEM",
+                   help="output stem, e.g. out/seed42 (writes STEM.atlas.json and "
+                        "STEM.safetensors)")
     p.set_defaults(func=cmd_merge)

@@ -1,29 +1,246 @@
-"""Argument helpers and tables shared by several commands."""
+"""Argument helpers and tables shared by several commands.
+
+The ``type=`` functions here reject what argparse can check before anything is loaded
+(a count below 1, a shard outside its range, a family that does not exist, ``--out``
+naming a file where a directory is wanted); each raises ``ArgumentTypeError`` so the
+user sees one ``tlatlas: error: ...`` line (:class:`Parser`).
+"""
 
 import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+SUITES = ("synthetic", "nl")
+DEFAULT_SUITE_SEED = 42  # tlatlas.tasks.DEFAULT_SEED; not imported, so --help stays fast
+SUITE_SIZE = "the whole suite: ~358 per family synthetic, ~208 nl"
 
 
-def add_suite_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nl", action="store_true", help="the natural-language suite")
-    p.add_argument("--seed", type=int, default=None, help="suite seed (default 42)")
-    p.add_argument("--per-family", type=int, default=None, help="stratified sample size")
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: ``tlatlas: error: ...`` (exit 2).
+
+    Subparsers made by ``add_subparsers`` are of the parent's class, so every command
+    gets it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("tlatlas").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"tlatlas: error: {where}{message} (see `{self.prog} --help`)\n")
 
 
-def suite_from_args(args: argparse.Namespace):
-    from tlatlas.tasks import DEFAULT_SEED, build_suite
+class HelpFormatter(argparse.HelpFormatter):
+    """Wider option column, so the help of a long option starts on its own line less often."""
 
-    seed = DEFAULT_SEED if args.seed is None else args.seed
-    return build_suite("nl" if args.nl else "synthetic", seed=seed, per_family=args.per_family)
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
+# --- type= functions ----------------------------------------------------------------
+
+
+def _number(kind: Callable[[str], float], text: str, what: str, ok: Callable[[float], bool]):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"wants {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count: a whole number >= 1."""
+    return _number(int, text, "a whole number >= 1", lambda v: v >= 1)
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (a layer, a step count, a number of random draws)."""
+    return _number(int, text, "a whole number >= 0", lambda v: v >= 0)
+
+
+def positive_float(text: str) -> float:
+    """A number > 0 (a learning rate)."""
+    return _number(float, text, "a number > 0", lambda v: v > 0 and v != float("inf"))
+
+
+def non_negative_float(text: str) -> float:
+    """A number >= 0 (a ridge strength)."""
+    return _number(float, text, "a number >= 0", lambda v: 0 <= v != float("inf"))
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``i/n``: the i-th of n disjoint slices, 0 <= i < n."""
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise SystemExit(f"tlatlas: error: --shard wants i/n (e.g. 0/4), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"wants i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"wants i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
     return i, n
+
+
+def family(text: str) -> str:
+    """A registered task family."""
+    from tlatlas.tasks import FAMILIES
+
+    if text not in FAMILIES:
+        raise argparse.ArgumentTypeError(
+            f"unknown task family {text!r}; known: {', '.join(FAMILIES)}")
+    return text
+
+
+def family_or_any(text: str) -> str:
+    """A registered task family, or ``any`` (all of them)."""
+    return text if text == "any" else family(text)
+
+
+def device(text: str) -> str:
+    """A torch device string: ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
+    import torch
+
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"wants a torch device such as cpu, cuda or cuda:1, got {text!r}") from None
+    return text
+
+
+def _first_existing(path: Path) -> Path | None:
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return None
+
+
+def output_dir(text: str) -> str:
+    """A directory to write into: it may exist (as a directory) or not yet."""
+    path = Path(text)
+    found = _first_existing(path)
+    if found is not None and not found.is_dir():
+        what = "is an existing file" if found == path else f"is below the file {found}"
+        raise argparse.ArgumentTypeError(f"{text} {what}; --out wants a directory")
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to (over)write: not an existing directory, and no file in the way above it."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; --out wants a file name")
+    found = _first_existing(path.parent)
+    if found is not None and not found.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is below the file {found}; --out wants a file name")
+    return text
+
+
+# --- shared arguments -----------------------------------------------------------------
+
+
+class _DeprecatedNL(argparse.Action):
+    """``--nl``: the old spelling of ``--suite nl``, kept for old command lines (hidden)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print("tlatlas: warning: --nl is deprecated; use --suite nl", file=sys.stderr)
+        setattr(namespace, self.dest, "nl")
+
+
+def add_suite_args(p: argparse.ArgumentParser, *, per_family_default: int | None = None,
+                   per_family_help: str = "examples per family (a stratified sample)",
+                   families_help: str = "restrict to these families", seed: bool = True
+                   ) -> None:
+    """``--suite``, ``--seed`` (unless ``seed=False``: the command has ``--seeds``),
+    ``--per-family`` and ``--families``: one spelling everywhere."""
+    p.add_argument("--suite", choices=SUITES, default="synthetic",
+                   help="which task suite: synthetic templates or natural-language "
+                        "prompts (default synthetic)")
+    p.add_argument("--nl", dest="suite", action=_DeprecatedNL, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+    if seed:
+        p.add_argument("--seed", type=int, default=DEFAULT_SUITE_SEED, metavar="SEED",
+                       help="suite seed: which examples are drawn "
+                            f"(default {DEFAULT_SUITE_SEED})")
+    add_per_family(p, per_family_default, per_family_help)
+    add_families(p, families_help)
+
+
+def add_per_family(p: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    shown = f"default {default}" if default is not None else f"default: {SUITE_SIZE}"
+    p.add_argument("--per-family", type=positive_int, default=default, metavar="N",
+                   help=f"{help}; >= 1 ({shown})")
+
+
+def add_families(p: argparse.ArgumentParser, help: str, default=None) -> None:
+    from tlatlas.tasks import FAMILIES
+
+    shown = "all of them" if default is None else " ".join(default)
+    p.add_argument("--families", type=family, nargs="+", default=default, metavar="FAMILY",
+                   help=f"{help}: one or more of {' '.join(FAMILIES)} (default: {shown})")
+
+
+def add_model_arg(p: argparse.ArgumentParser, default: str | None = "smollm2-135m",
+                  help: str | None = None) -> None:
+    p.add_argument("--model", default=default, metavar="NAME",
+                   help=help or "a registered name (`tlatlas models`), a local checkpoint "
+                                f"directory or a cached hub id (default {default})")
+
+
+def add_batch_size(p: argparse.ArgumentParser, default: int, what: str = "examples") -> None:
+    p.add_argument("--batch-size", type=positive_int, default=default, metavar="N",
+                   help=f"{what} per forward pass (default {default})")
+
+
+def suite_from_args(args: argparse.Namespace, per_family: int | None = None, *,
+                    seed: int | None = None):
+    """The suite ``--suite/--seed/--per-family/--families`` name (library errors raise)."""
+    from tlatlas.tasks import build_suite
+
+    return build_suite(args.suite, seed=args.seed if seed is None else seed,
+                       per_family=args.per_family if per_family is None else per_family,
+                       families=list(args.families) if args.families else None)
+
+
+def fail(message: str) -> NoReturn:
+    """Stop with one ``tlatlas: error:`` line (an input error the library cannot see)."""
+    from tlatlas.errors import InvalidInputError
+
+    raise InvalidInputError(message)
+
+
+def run_bar(total: int | None, desc: str):
+    """A progress bar of whole runs (a study's fine-tunes) and the ``on_run`` that drives it.
+
+    ``on_run(what)`` is called as each run starts: the previous run is then done.
+    Close the bar with ``finish()``.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="run", file=sys.stderr)
+    started = [False]
+
+    def on_run(what: str) -> None:
+        if started[0]:
+            bar.update(1)
+        started[0] = True
+        bar.set_postfix_str(what)
+
+    def finish() -> None:
+        if started[0]:
+            bar.update(1)
+        if bar.total is not None and bar.n != bar.total:  # some runs were skipped
+            bar.total = bar.n
+            bar.refresh()
+        bar.close()
+
+    return bar, on_run, finish
+
+
+# --- tables -------------------------------------------------------------------------
 
 
 def hub_table(rows: list[tuple[int, object]]) -> None:

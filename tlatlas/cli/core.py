@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from tlatlas.cli.common import add_suite_args, suite_from_args
+from tlatlas.cli.common import add_batch_size, add_model_arg, add_suite_args, suite_from_args
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tlatlas.evaluate import family_accuracy
     from tlatlas.models import load_model
 
-    suite = suite_from_args(args)
+    suite = suite_from_args(args)  # before the model: a bad suite argument fails fast
     model = load_model(args.model)
     with tqdm(total=len(suite), desc=f"eval {args.model}", unit="ex", file=sys.stderr) as bar:
         result = family_accuracy(model, list(suite), batch_size=args.batch_size,
@@ -73,19 +73,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("models", help="known model names and whether they are here")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("models", help="known model names and whether they are here",
+                       description="Known model names, whether their weights are on this "
+                                   "machine, and how to get them.")
+    p.add_argument("--json", action="store_true",
+                   help="print {name: {available, path}} as JSON instead of the table")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("suite", help="the task suite: per-family counts and content hash")
-    add_suite_args(p)
-    p.add_argument("--stats", action="store_true", help="counts and hash only")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("suite", help="the task suite: per-family counts and content hash",
+                       description="The task suite: per-family counts, content hash and a "
+                                   "few examples.")
+    add_suite_args(p, per_family_help="examples per family (a stratified sample)")
+    p.add_argument("--stats", action="store_true",
+                   help="counts and hash only (no example prompts)")
+    p.add_argument("--json", action="store_true",
+                   help="print kind, seed, total, per-family counts and hash as JSON")
     p.set_defaults(func=cmd_suite)
 
-    p = sub.add_parser("eval", help="clean per-family top-1 accuracy on the scored token")
-    p.add_argument("--model", default="smollm2-135m")
-    add_suite_args(p)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("eval", help="clean per-family top-1 accuracy on the scored token",
+                       description="Clean (unablated) per-family top-1 accuracy and mean log "
+                                   "probability of the answer's scored token.")
+    add_model_arg(p)
+    add_suite_args(p, per_family_help="examples per family scored (a stratified sample)")
+    add_batch_size(p, 16)
+    p.add_argument("--json", action="store_true",
+                   help="print the per-family results as JSON instead of the table")
     p.set_defaults(func=cmd_eval)

@@ -4,19 +4,55 @@ import argparse
 import json
 import sys
 
+from tlatlas.cli.common import (
+    add_model_arg,
+    fail,
+    family,
+    family_or_any,
+    non_negative_int,
+    output_dir,
+    output_file,
+    positive_float,
+    positive_int,
+    run_bar,
+)
+from tlatlas.cli.common import device as device_type
+
+STRATEGIES = ["atlas", "random", "all-linear"]
+
+
+def _check_size(args: argparse.Namespace, atlas_sums) -> None:
+    """--budget / --top-k against the strategy and the atlas, before the model loads."""
+    if args.strategy == "all-linear":
+        return
+    if args.budget is None and args.top_k is None:
+        fail(f"--strategy {args.strategy} needs --budget P or --top-k K")
+    n = len(atlas_sums.layers)
+    if args.top_k is not None and args.top_k > n:
+        fail(f"--top-k {args.top_k} is more layers than the atlas has ({n}); use 1..{n}")
+
+
+def _modules(model, text: str) -> list[str]:
+    from bridges.names import leaf_to_short
+
+    modules = [leaf_to_short(model, m.strip()) for m in text.split(",") if m.strip()]
+    if not modules:
+        fail(f"--modules {text!r} names no module; e.g. o or q,k,v,o")
+    return modules
+
 
 def cmd_export_lora(args: argparse.Namespace) -> int:
     from bridges.export import plan_lora, write_adapter_config
-    from bridges.names import leaf_to_short
     from tlatlas.atlas.store import load_atlas
     from tlatlas.models import load_model, weights_dir
 
     atlas = load_atlas(args.atlas)
+    _check_size(args, atlas.sums)
     source = args.model or atlas.meta.model
     model = load_model(source)
     if not args.force:
         model.fingerprint.check_matches(atlas.meta.fingerprint, what=f"atlas {args.atlas}")
-    modules = [leaf_to_short(model, m.strip()) for m in args.modules.split(",") if m.strip()]
+    modules = _modules(model, args.modules)
     plan = plan_lora(model, args.strategy, atlas=atlas.sums, budget=args.budget,
                      top_k=args.top_k, modules=modules, rank=args.rank, seed=args.seed)
     path = write_adapter_config(plan, args.out, base_model=str(weights_dir(source)))
@@ -33,28 +69,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bridges.export import plan_lora
-    from bridges.names import leaf_to_short
     from bridges.train import TrainConfig, train_lora
     from tlatlas.atlas.store import load_atlas
     from tlatlas.models import load_model
     from tlatlas.models.quant import parse_precision
 
-    model = load_model(args.model)
+    # everything that can be checked without the model is checked first
+    quantization = parse_precision(args.precision)
+    config = TrainConfig(family=args.family, steps=args.steps, lr=args.lr, seed=args.seed,
+                         batch_size=args.batch_size, n_train=args.n_train, n_heldout=args.n_heldout)
     atlas = None
     if args.strategy != "all-linear":
         if not args.atlas:
-            print("tlatlas: error: --strategy atlas/random needs --atlas", file=sys.stderr)
-            return 2
-        atlas = load_atlas(args.atlas, fingerprint=model.fingerprint, force=args.force).sums
-    modules = [leaf_to_short(model, m.strip()) for m in args.modules.split(",") if m.strip()]
-    plan = plan_lora(model, args.strategy, atlas=atlas, budget=args.budget, top_k=args.top_k,
-                     modules=modules, rank=args.rank, seed=args.seed)
-    config = TrainConfig(family=args.family, steps=args.steps, lr=args.lr, seed=args.seed,
-                         batch_size=args.batch_size, n_train=args.n_train, n_heldout=args.n_heldout)
+            fail(f"--strategy {args.strategy} needs --atlas (an atlas of the model)")
+        atlas = load_atlas(args.atlas)
+        _check_size(args, atlas.sums)
+    model = load_model(args.model)
+    if atlas is not None and not args.force:
+        model.fingerprint.check_matches(atlas.meta.fingerprint, what=f"atlas {args.atlas}")
+    modules = _modules(model, args.modules)
+    plan = plan_lora(model, args.strategy, atlas=atlas.sums if atlas else None,
+                     budget=args.budget, top_k=args.top_k, modules=modules, rank=args.rank,
+                     seed=args.seed)
     del model  # training loads its own plain HF copy
-    with tqdm(total=config.steps, desc=f"LoRA {args.strategy} on {args.family}",
+    with tqdm(total=config.steps, desc=f"LoRA {args.strategy} on {args.family}", unit="step",
               file=sys.stderr) as bar:
-        result = train_lora(args.model, plan, config, quantization=parse_precision(args.precision),
+        result = train_lora(args.model, plan, config, quantization=quantization,
                             out=Path(args.out),
                             on_step=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
     print(f"{args.strategy}: layers {list(plan.layers)}, modules {list(plan.modules)}, "
@@ -109,57 +149,84 @@ def _stability_rows(out: dict) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from bridges.export import rank_layers
+    from bridges.names import MODULES
     from bridges.train import TrainConfig
     from tlatlas.atlas.store import load_atlas
-    from tlatlas.io import atomic_write
     from tlatlas.models import load_model
 
-    model = load_model(args.model, device=args.device)
-    atlas = load_atlas(args.atlas, fingerprint=model.fingerprint, force=args.force)
+    # everything that can be checked without the model is checked first
     train = TrainConfig(steps=args.steps, n_train=args.n_train, n_heldout=args.n_heldout,
                         lr=args.lr)
-    say = lambda what: print(f"  {what}", file=sys.stderr, flush=True)  # noqa: E731
+    atlas = load_atlas(args.atlas)
+    n = len(atlas.sums.layers)
+    if args.study != "skip" and args.top_k > n:
+        fail(f"--top-k {args.top_k} is more layers than the atlas has ({n}); use 1..{n}")
+    if args.study == "skip" and args.k > n:
+        fail(f"--k {args.k} is more blocks than the atlas has ({n}); use 1..{n}")
+    recovery_modules = MODULES if args.recovery_modules == "all" else tuple(
+        m.strip() for m in args.recovery_modules.split(",") if m.strip())
+    bad = [m for m in recovery_modules if m not in MODULES]
+    if bad or not recovery_modules:
+        fail(f"--recovery-modules {args.recovery_modules!r}: want all or a comma list of "
+             f"{', '.join(MODULES)}")
+    model = load_model(args.model, device=args.device)
+    if not args.force:
+        model.fingerprint.check_matches(atlas.meta.fingerprint, what=f"atlas {args.atlas}")
     if args.study == "strategies":
         from bridges.studies import strategy_study
 
-        out = strategy_study(args.model, model, atlas.sums, families=args.families,
-                             seeds=args.seeds, top_k=args.top_k, rank=args.rank, train=train,
-                             on_run=say)
+        # at most 8 strategies per family and seed (two may be skipped at a small budget)
+        bar, on_run, finish = run_bar(len(args.seeds) * len(args.families) * 8,
+                                      "study strategies")
+        with bar:
+            out = strategy_study(args.model, model, atlas.sums, families=args.families,
+                                 seeds=args.seeds, top_k=args.top_k, rank=args.rank,
+                                 train=train, on_run=on_run)
+            finish()
     elif args.study == "modules":
-        from bridges.studies import module_sweep
+        from bridges.studies import MODULE_SETS, module_sweep
 
         layers = sorted(rank_layers(atlas.sums)[: args.top_k])
-        out = module_sweep(args.model, model, layers, family=args.families[0], seeds=args.seeds,
-                           rank=args.rank, train=train, on_run=say)
+        bar, on_run, finish = run_bar(len(args.seeds) * len(MODULE_SETS), "study modules")
+        with bar:
+            out = module_sweep(args.model, model, layers, family=args.families[0],
+                               seeds=args.seeds, rank=args.rank, train=train, on_run=on_run)
+            finish()
     elif args.study == "skip":
         from dataclasses import replace
 
-        from bridges.names import MODULES
         from bridges.skip import layer_skip_study
 
-        modules = MODULES if args.recovery_modules == "all" else tuple(
-            m.strip() for m in args.recovery_modules.split(","))
-        out = layer_skip_study(args.model, model, atlas.sums, k=args.k, seed=args.seeds[0],
-                               recovery=replace(train, family=args.recovery_family),
-                               modules=modules, rank=args.rank, device=args.device,
-                               on_run=say)
+        bar, on_run, finish = run_bar(2, "study skip")  # the atlas's set and a random one
+        with bar:
+            out = layer_skip_study(args.model, model, atlas.sums, k=args.k, seed=args.seeds[0],
+                                   recovery=replace(train, family=args.recovery_family),
+                                   modules=recovery_modules, rank=args.rank,
+                                   device=args.device, on_run=on_run)
+            finish()
     else:
         from bridges.stability import stability_study
         from tlatlas.atlas.config import AtlasConfig
         from tlatlas.atlas.pipeline import SuiteSpec
 
         fams = tuple(args.atlas_families) if args.atlas_families else atlas.sums.families
-        out = stability_study(args.model, model, atlas.sums, family=args.families[0],
-                              checkpoints=args.checkpoints, top_k=args.top_k, rank=args.rank,
-                              seed=args.seeds[0], train=train,
-                              spec=SuiteSpec(per_family=args.atlas_per_family, families=fams),
-                              atlas_config=AtlasConfig(batch_size=8), on_run=say)
+        bar, on_run, finish = run_bar(len(set(args.checkpoints)), "study stability")
+        with bar:
+            out = stability_study(args.model, model, atlas.sums, family=args.families[0],
+                                  checkpoints=args.checkpoints, top_k=args.top_k,
+                                  rank=args.rank, seed=args.seeds[0], train=train,
+                                  spec=SuiteSpec(per_family=args.atlas_per_family,
+                                                 families=fams),
+                                  atlas_config=AtlasConfig(batch_size=8), on_run=on_run)
+            finish()
     out.update({"kind": f"tlatlas.study.{args.study}", "model": args.model,
                 "fingerprint": model.fingerprint.to_dict(), "atlas": str(args.atlas),
                 "command": args.command_line})
+    from pathlib import Path
+
+    from tlatlas.io import atomic_write
+
     path = Path(args.out)
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(out, indent=1)))
     if args.study in ("strategies", "modules"):
@@ -174,66 +241,128 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    p = sub.add_parser("export-lora", help="PEFT LoRA config targeting atlas-chosen modules")
-    p.add_argument("atlas", help="atlas stem or .atlas.json")
-    p.add_argument("--strategy", choices=["atlas", "random", "all-linear"], default="atlas")
+def _add_size(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--budget", type=int, default=None, help="max trainable parameters")
-    size.add_argument("--top-k", type=int, default=None, help="number of layers")
-    p.add_argument("--modules", default="o", help="comma list: q,k,v,o,gate,in,out or HF leaves")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default=None, help="default: the model the atlas records")
-    p.add_argument("--force", action="store_true", help="allow an atlas of another model")
-    p.add_argument("--out", required=True)
+    size.add_argument("--budget", type=positive_int, default=None, metavar="P",
+                      help="adapt the atlas's top layers while the LoRA parameters fit in P "
+                           "(trainable parameters, >= 1); atlas/random need this or --top-k")
+    size.add_argument("--top-k", type=positive_int, default=None, metavar="K",
+                      help="adapt the atlas's K most important layers (1 .. the atlas's "
+                           "layer count)")
+
+
+def _add_lora(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", choices=STRATEGIES, default="atlas",
+                   help="atlas: the atlas's most important layers; random: as many random "
+                        "layers; all-linear: every linear module of every layer (default atlas)")
+    _add_size(p)
+    p.add_argument("--modules", default="o", metavar="LIST",
+                   help="comma list of block modules to adapt: q,k,v,o,gate,in,out or their "
+                        "HF leaf names such as o_proj (default o)")
+    p.add_argument("--rank", type=positive_int, default=8, metavar="R",
+                   help="LoRA rank (default 8)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random strategy's layers (and, for train, of the adapter "
+                        "init and data order) (default 0)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export-lora", help="PEFT LoRA config targeting atlas-chosen modules",
+                       description="Write a PEFT adapter_config.json whose target modules are "
+                                   "the layers an atlas ranks most important, with the "
+                                   "trainable-parameter count.")
+    p.add_argument("atlas", help="atlas stem (out/seed42) or its .atlas.json file")
+    _add_lora(p)
+    add_model_arg(p, default=None, help="the model the adapter is for (default: the model "
+                                        "the atlas records)")
+    p.add_argument("--force", action="store_true",
+                   help="use the atlas even if it was built on another model")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR",
+                   help="output directory (created if missing): adapter_config.json and the "
+                        "plan")
     p.set_defaults(func=cmd_export_lora)
 
-    p = sub.add_parser("train", help="LoRA fine-tune on a family with a fixed held-out split")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--family", default="json", help="a family name, or any")
-    p.add_argument("--strategy", choices=["atlas", "random", "all-linear"], default="atlas")
-    p.add_argument("--atlas", default=None, help="atlas stem (for atlas/random)")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--budget", type=int, default=None)
-    size.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--modules", default="o")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--n-train", type=int, default=64)
-    p.add_argument("--n-heldout", type=int, default=16)
-    p.add_argument("--precision", default="fp32", help="fp32, or nf4 / nf4-bf16 / int8 (QLoRA)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("train", help="LoRA fine-tune on a family with a fixed held-out split",
+                       description="LoRA or QLoRA fine-tune on one task family (or all) with a "
+                                   "fixed held-out split; prints held-out loss and greedy "
+                                   "exact match before and after.")
+    add_model_arg(p)
+    p.add_argument("--family", type=family_or_any, default="json",
+                   help="task family to train on, or any (all twelve) (default json)")
+    p.add_argument("--atlas", default=None, metavar="STEM",
+                   help="atlas stem of the model, needed by --strategy atlas/random")
+    _add_lora(p)
+    p.add_argument("--steps", type=non_negative_int, default=30,
+                   help="optimizer steps (default 30; 0: only the before numbers)")
+    p.add_argument("--lr", type=positive_float, default=2e-3,
+                   help="AdamW learning rate (default 2e-3)")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                   help="training examples per step (default 8)")
+    p.add_argument("--n-train", type=positive_int, default=64, metavar="N",
+                   help="training examples (per family for --family any) (default 64)")
+    p.add_argument("--n-heldout", type=positive_int, default=16, metavar="N",
+                   help="held-out examples (per family for --family any) (default 16)")
+    p.add_argument("--precision", default="fp32",
+                   help="base weights: fp32, or nf4 / nf4-bf16 / int8 for QLoRA (CUDA and "
+                        "bitsandbytes) (default fp32)")
+    p.add_argument("--force", action="store_true",
+                   help="use the atlas even if it was built on another model")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR",
+                   help="output directory (created if missing): the adapter and result.json")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("study", help="adapter studies: strategies at matched budget, module "
-                                     "sweep, layer skip, atlas stability during training")
-    p.add_argument("study", choices=["strategies", "modules", "skip", "stability"])
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--atlas", required=True)
-    p.add_argument("--families", nargs="+", default=["json", "factual", "code"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--top-k", type=int, default=4)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--n-train", type=int, default=64)
-    p.add_argument("--n-heldout", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--k", type=int, default=4, help="skip: blocks skipped per set")
-    p.add_argument("--recovery-family", default="any", help="skip: recovery fine-tune family")
-    p.add_argument("--recovery-modules", default="all",
-                   help="skip: modules of the recovery LoRA (all, or a comma list such as o)")
-    p.add_argument("--checkpoints", type=int, nargs="+", default=[0, 10, 20],
-                   help="stability: optimizer steps at which the atlas is rebuilt")
-    p.add_argument("--atlas-families", nargs="+", default=None,
+                                     "sweep, layer skip, atlas stability during training",
+                       description="Adapter studies. strategies: atlas vs random, first-k, "
+                                   "last-k, Block Influence, uniform, all-linear, AdaLoRA at a "
+                                   "matched budget; modules: module sets at the atlas's "
+                                   "layers; skip: skip the atlas's least important blocks "
+                                   "vs random ones, then recover; stability: the atlas of "
+                                   "the adapted model at training checkpoints.")
+    p.add_argument("study", choices=["strategies", "modules", "skip", "stability"],
+                   help="which study to run")
+    add_model_arg(p)
+    p.add_argument("--atlas", required=True, metavar="STEM",
+                   help="atlas stem of the model (out/seed42)")
+    p.add_argument("--families", type=family, nargs="+", default=["json", "factual", "code"],
+                   metavar="FAMILY",
+                   help="families to fine-tune on; modules and stability use the first "
+                        "(default json factual code)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
+                   help="training seeds, one run each; skip and stability use the first "
+                        "(default 0 1 2)")
+    p.add_argument("--top-k", type=positive_int, default=4, metavar="K",
+                   help="layers adapted by the atlas strategy and its baselines (1 .. the "
+                        "atlas's layer count) (default 4)")
+    p.add_argument("--rank", type=positive_int, default=8, metavar="R",
+                   help="LoRA rank (default 8)")
+    p.add_argument("--steps", type=non_negative_int, default=30,
+                   help="optimizer steps per fine-tune (default 30)")
+    p.add_argument("--n-train", type=positive_int, default=64, metavar="N",
+                   help="training examples per fine-tune (default 64)")
+    p.add_argument("--n-heldout", type=positive_int, default=16, metavar="N",
+                   help="held-out examples per fine-tune (default 16)")
+    p.add_argument("--lr", type=positive_float, default=2e-3,
+                   help="AdamW learning rate (default 2e-3)")
+    p.add_argument("--k", type=positive_int, default=4,
+                   help="skip: blocks skipped per set (default 4)")
+    p.add_argument("--recovery-family", type=family_or_any, default="any", metavar="FAMILY",
+                   help="skip: family of the recovery fine-tune, or any (default any)")
+    p.add_argument("--recovery-modules", default="all", metavar="LIST",
+                   help="skip: modules of the recovery LoRA: all, or a comma list such as o "
+                        "or q,k,v,o (default all)")
+    p.add_argument("--checkpoints", type=non_negative_int, nargs="+", default=[0, 10, 20],
+                   metavar="STEP",
+                   help="stability: optimizer steps at which the atlas is rebuilt "
+                        "(default 0 10 20)")
+    p.add_argument("--atlas-families", type=family, nargs="+", default=None, metavar="FAMILY",
                    help="stability: families of each checkpoint's atlas (default: the atlas's)")
-    p.add_argument("--atlas-per-family", type=int, default=2,
-                   help="stability: examples per family of each checkpoint's atlas")
-    p.add_argument("--device", default=None, help="default: CUDA if present, else CPU")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--out", required=True, help="result JSON file")
+    p.add_argument("--atlas-per-family", type=positive_int, default=2, metavar="N",
+                   help="stability: examples per family of each checkpoint's atlas (default 2)")
+    p.add_argument("--device", type=device_type, default=None,
+                   help="cpu, cuda or cuda:N (default: CUDA if present, else CPU)")
+    p.add_argument("--force", action="store_true",
+                   help="use the atlas even if it was built on another model")
+    p.add_argument("--out", type=output_file, required=True, metavar="FILE",
+                   help="result JSON file to write")
     p.set_defaults(func=cmd_study)

@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from tlatlas.cli.common import non_negative_int, output_file, positive_int
+
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -22,7 +24,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"loading {name} for the per-prompt position map", file=sys.stderr)
             loaded[name] = load_model(name)
         model = loaded[name]
-        with tqdm(desc="position map", unit="prompt", file=sys.stderr) as bar:
+        # the first example of each of the first --prompts families (two under resample)
+        n_families = min(max(1, args.prompts), len(atlas.sums.families))
+        total = n_families * (2 if atlas.meta.ablation == "resample" else 1)
+        with tqdm(total=total, desc="position map", unit="prompt", file=sys.stderr) as bar:
             return atlas_position_maps(model, atlas, n_prompts=args.prompts,
                                        layers=args.map_layers, on_batch=bar.update)
 
@@ -37,16 +42,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="self-contained HTML report of an atlas, steering or "
-                                      "experiments directory")
+                                      "experiments directory",
+                       description="One self-contained HTML page (no network needed) of an "
+                                   "atlas, steering, study or experiments directory.")
     p.add_argument("run_dir", help="a directory holding atlases, steering results or JSON results")
-    p.add_argument("--out", default=None, help="HTML file to write (default RUN_DIR/report.html)")
+    p.add_argument("--out", type=output_file, default=None, metavar="FILE",
+                   help="HTML file to write (default RUN_DIR/report.html)")
     p.add_argument("--no-model", action="store_true",
                    help="skip the per-prompt position map (it loads the atlas's model)")
-    p.add_argument("--model", default=None,
+    p.add_argument("--model", default=None, metavar="NAME",
                    help="model for the position map (default: the one the atlas records)")
-    p.add_argument("--prompts", type=int, default=4,
-                   help="prompts in the position map (one per family, first families)")
-    p.add_argument("--map-layers", type=int, nargs="+", default=None,
-                   help="layers of the position map (default: up to 10 evenly spaced "
-                        "layers of the atlas, plus its hub)")
+    p.add_argument("--prompts", type=positive_int, default=4, metavar="N",
+                   help="prompts in the position map, one per family of the atlas's first N "
+                        "families (default 4)")
+    p.add_argument("--map-layers", type=non_negative_int, nargs="+", default=None, metavar="L",
+                   help="layers of the position map, 0-based (default: up to 10 evenly "
+                        "spaced layers of the atlas, plus its hub)")
     p.set_defaults(func=cmd_report)

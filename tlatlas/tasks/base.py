@@ -4,6 +4,7 @@ A family is a pure generator ``(rng, n) -> list[Example]``; every source of rand
 comes from the ``random.Random`` it is given, so a family is deterministic per seed.
 """
 
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,13 @@ class Example:
 
     def to_dict(self) -> dict[str, object]:
         return {"family": self.family, "prompt": self.prompt, "answer": self.answer}
+
+    @property
+    def uid(self) -> int:
+        """A stable id (a signed 64-bit int from sha256 of family, prompt and answer): the
+        same example gets the same id in every run, shard and process."""
+        digest = hashlib.sha256(f"{self.family}\0{self.prompt}\0{self.answer}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass(frozen=True, kw_only=True)
