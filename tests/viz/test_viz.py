@@ -93,6 +93,27 @@ def test_prompt_heatmap_has_one_column_per_token(tiny_models, examples):
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "2"]
 
 
+def test_layer_profile_draws_the_band_and_p_hub():
+    from tlatlas.atlas.hubs import hub_evidence
+    from tlatlas.viz.figures import layer_profile
+
+    sums = synthetic_sums(hub=3)
+    n = int(sums.tensors["count"].sum())
+    m, c, n_l, _ = sums.tensors["layer.sum"].shape
+    fam = torch.arange(len(sums.families)).repeat_interleave(
+        sums.tensors["count"].long())
+    rows = (sums.tensors["layer.sum"] / sums.tensors["count"])[..., fam].float()
+    sums.tensors.update({"example.layer": rows + 0.01 * torch.randn(m, c, n_l, n),
+                         "example.family": fam, "example.id": torch.arange(n)})
+    ev = hub_evidence(sums, replicates=50)
+    fig = layer_profile(ev)
+    top, bottom = fig.axes
+    assert len(top.collections) == 1  # the CI band
+    bars = [p.get_height() for p in bottom.patches]
+    assert bars == pytest.approx(list(ev.hub_probability)) and bars[3] == max(bars)
+    assert "hub L3" in top.get_title()
+
+
 def test_hub_per_seed_plots_every_seed():
     from tlatlas.viz.figures import hub_per_seed
 
@@ -227,8 +248,10 @@ def test_report_is_self_contained(run_dir, tiny_models, tmp_path):
                  "tlatlas report (test)", "not yet", "Pareto", "layer skip", steer.command,
                  steer.suite_hash, "KL against scale"):
         assert html.escape(text) in page
-    # atlas (2), offsets (2), prompts (2), steering, study, skip
-    assert page.count("data:image/png;base64,") == 2 + 2 + 2 + 1 + 1 + 1
+    # atlas (3: layer profile with CI and P(hub), layer x family, hub per seed), offsets (2),
+    # prompts (2), steering, study, skip
+    assert page.count("data:image/png;base64,") == 3 + 2 + 2 + 1 + 1 + 1
+    assert "P(hub)" in page and "margin [95% CI]" in page
     path = write_report(tmp_path / "r.html", page)
     assert path.read_text(encoding="utf-8") == page
 

@@ -6,6 +6,7 @@
 - :func:`layer_family_heatmap`: layer x family, the hub row outlined and each family's
   own argmax dotted;
 - :func:`hub_per_seed`: the hub layer of each seed, its mode and std;
+- :func:`layer_profile`: each layer's effect with its 95% band, and P(hub = L);
 - :func:`lora_pareto`: held-out loss against trainable parameters, one marker per
   adapter strategy (or module set), the non-dominated ones joined;
 - :func:`layer_skip_figure`: top-5 overlap and KL of layer-skip sets before and after
@@ -33,7 +34,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from tlatlas.atlas.hubs import HubSummary, SeedSpread, hub_summary
+from tlatlas.atlas.hubs import HubEvidence, HubSummary, SeedSpread, hub_summary
 from tlatlas.atlas.posmap import PositionMap
 from tlatlas.atlas.sums import AtlasSums, mean_effect, offset_effect
 from tlatlas.errors import InvalidInputError
@@ -150,7 +151,34 @@ def hub_per_seed(spread: SeedSpread, *, n_layers: int | None = None) -> Figure:
         ax.annotate(f"{a:.0%}", (xi, h), textcoords="offset points", xytext=(0, 8),
                     ha="center", fontsize=8)
     ax.legend(loc="best", fontsize=8)
-    ax.set_title(f"hub per seed, std {spread.std:.2f}\n(labels: family agreement)", fontsize=10)
+    std = "no spread from one seed" if spread.std is None else f"std {spread.std:.2f}"
+    ax.set_title(f"hub per seed, {std}\n(labels: family agreement)", fontsize=10)
+    return fig
+
+
+def layer_profile(evidence: HubEvidence) -> Figure:
+    """The family-averaged effect of every layer with its 95% band (top), and P(hub = L)
+    for every layer (bottom), from a bootstrap over the atlas's examples."""
+    fig = Figure(figsize=(max(5.0, 0.22 * len(evidence.layers) + 3.0), 5.0),
+                 layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    x = np.array(evidence.layers)
+    est = np.array(evidence.layer_estimate)
+    top.fill_between(x, evidence.layer_ci_low, evidence.layer_ci_high, color="tab:blue",
+                     alpha=0.25, linewidth=0, label="95% CI")
+    top.plot(x, est, "o-", color="tab:blue", markersize=3, label="mean over families")
+    top.axvline(evidence.hub_layer, color="tab:red", linestyle="--", linewidth=1,
+                label=f"hub L{evidence.hub_layer}")
+    top.set_ylabel(_unit(evidence.metric))
+    top.legend(loc="best", fontsize=8)
+    m = evidence.hub_margin
+    top.set_title(f"{evidence.component} ablation, n = {evidence.n_examples}: hub "
+                  f"L{evidence.hub_layer}, margin over L{evidence.runner_up} {m.estimate:.3g} "
+                  f"[{m.ci_low:.3g}, {m.ci_high:.3g}]", fontsize=10)
+    bottom.bar(x, evidence.hub_probability, color="tab:gray", width=0.8)
+    bottom.set_ylim(0, 1)
+    bottom.set_ylabel("P(hub = L)")
+    bottom.set_xlabel("layer")
     return fig
 
 

@@ -144,18 +144,34 @@ def atlas_provenance(atlas: Atlas) -> dict[str, Any]:
     return {"model": m.model, "fingerprint": m.fingerprint.short,
             "weights sha256": m.fingerprint.to_dict().get("weights_sha256"),
             "suite": f"{m.suite_kind} seed {m.seed}", "suite hash": m.suite_hash,
-            "ablation": m.ablation, "method": m.method, "examples": m.n_examples,
+            "ablation": m.ablation, "positions ablated": m.positions_ablated,
+            "method": m.method, "examples": m.n_examples, "dtype": m.dtype,
+            "correct only": m.correct_only,
             "reference hash": m.reference_hash, "command": m.command,
             "timings (s)": ", ".join(f"{k} {v:.1f}" for k, v in m.timings.items())}
+
+
+def _evidence_cells(ev, summary) -> dict[str, str]:
+    """P(hub), margin and agreement cells of the hub table ("n/a" without intervals)."""
+    if ev is None:
+        return {"P(hub)": "n/a", "margin [95% CI]": "n/a",
+                "agreement [95% CI]": f"{summary.family_agreement:.0%} (no CI)"}
+    m, a = ev.hub_margin, ev.family_agreement
+    p = ev.hub_probability[ev.layers.index(ev.hub_layer)]
+    return {"P(hub)": f"{p:.2f}",
+            "margin [95% CI]": f"{m.estimate:.3g} [{m.ci_low:.3g}, {m.ci_high:.3g}] "
+                               f"over L{ev.runner_up}",
+            "agreement [95% CI]": f"{a.estimate:.0%} [{a.ci_low:.0%}, {a.ci_high:.0%}]"}
 
 
 def atlas_sections(atlases: Sequence[Atlas], *, position_maps: Sequence = (),
                    label: str = "atlas") -> list[Section]:
     """Figures of the atlases of one sweep (one per seed) and their per-prompt maps."""
-    from tlatlas.atlas.hubs import hub_summary, seed_spread
+    from tlatlas.atlas.hubs import hub_evidence, hub_summary, seed_spread
     from tlatlas.viz.figures import (
         hub_per_seed,
         layer_family_heatmap,
+        layer_profile,
         offset_heatmap,
         prompt_heatmap,
     )
@@ -170,15 +186,26 @@ def atlas_sections(atlases: Sequence[Atlas], *, position_maps: Sequence = (),
     first = whole[0]
     figs = [figure_html(layer_family_heatmap(first.sums, metric=metric, hub=summaries[0]),
                         alt=f"layer x family, block ablation, seed {first.meta.seed}")]
+    evidence = {a.meta.seed: hub_evidence(a.sums, metric=metric) for a in whole
+                if a.sums.has_examples}
+    if first.meta.seed in evidence:
+        figs.insert(0, figure_html(layer_profile(evidence[first.meta.seed]),
+                                   alt=f"layer profile with 95% CI and P(hub), seed "
+                                       f"{first.meta.seed}"))
     if len(whole) > 1:
         spread = seed_spread([a.meta.seed for a in whole], summaries)
         figs.append(figure_html(hub_per_seed(spread, n_layers=first.meta.fingerprint.n_layers),
                                 alt="hub layer per seed"))
-    hub_rows = [{"seed": a.meta.seed, "hub": s.hub_layer, "effect": s.hub_effect,
-                 "agreement": f"{s.family_agreement:.0%}", "least": s.least_layer,
-                 "least effect": s.least_effect, "command": a.meta.command}
+    hub_rows = [{"seed": a.meta.seed, "n": a.meta.n_examples, "hub": s.hub_layer,
+                 "effect": s.hub_effect, **_evidence_cells(evidence.get(a.meta.seed), s),
+                 "least": s.least_layer, "least effect": s.least_effect,
+                 "command": a.meta.command}
                 for a, s in zip(whole, summaries, strict=True)]
-    body = table_html(hub_rows, ["seed", "hub", "effect", "agreement", "least", "least effect"])
+    body = table_html(hub_rows, ["seed", "n", "hub", "effect", "P(hub)", "margin [95% CI]",
+                                 "agreement [95% CI]", "least", "least effect"])
+    if not evidence:
+        body += ("<p>These atlas files keep sums only (format 1): no intervals. Recompute "
+                 "them to see P(hub) and confidence intervals.</p>")
     sections.append(Section(title=f"{label}: layers and families", body=body + "".join(figs),
                             provenance={**atlas_provenance(first),
                                         "commands": sorted({a.meta.command for a in whole})}))
