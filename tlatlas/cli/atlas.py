@@ -126,11 +126,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not whole:
         fail(f"only shards in {args.dir}: run `tlatlas merge` first")
     m = whole[0].meta
-    print(f"model {m.model} ({m.fingerprint.short})  suite {m.suite_kind} "
-          f"{m.suite_hash[:12]}  ablation {m.ablation}  method {m.method}")
     metric = "dlogp" if m.method == "attribution" and args.metric == "kl" else args.metric
     rows = [(a.meta.seed, hub_summary(a.sums, metric=metric, component=args.component,
                                       families=args.families)) for a in whole]
+    print(f"model {m.model} ({m.fingerprint.short})  suite {m.suite_kind} "
+          f"{m.suite_hash[:12]}  ablation {m.ablation}  method {m.method}")
     hub_table(rows)
     if whole[0].sums.has_positions:
         role_table(whole[0].sums, metric)

@@ -252,8 +252,12 @@ def hub_table(rows: list[tuple[int, object]]) -> None:
         print(f"{seed:>6} {h.hub_layer:>4} {h.hub_effect:>9.4f} {h.family_agreement:>6.0%} "
               f"{h.least_layer:>6} {h.least_effect:>9.4f}")
     spread = seed_spread([s for s, _ in rows], [h for _, h in rows])
-    print(f"hub per seed {list(spread.hubs)}  mode L{spread.mode}  std {spread.std:.2f}  "
+    std = "n/a (one seed)" if spread.std is None else f"{spread.std:.2f}"
+    print(f"hub per seed {list(spread.hubs)}  mode L{spread.mode}  std {std}  "
           f"(metric {rows[0][1].metric}, component {rows[0][1].component}; kl and dlogp in nats)")
+    for seed, h in rows:
+        for f, why in getattr(h, "excluded", {}).items():
+            print(f"seed {seed}: {f} left out of the hub ({why})")
     fam = rows[0][1].family_argmax
     print("per-family argmax (first seed): " + ", ".join(f"{f} L{layer}" for f, layer in fam.items()))
 
