@@ -1,6 +1,9 @@
 """Regenerate ``claims.md``, ``threats.md`` and ``gems.md`` from the result files.
 
-    python -m experiments.claims [--root experiments]
+    python -m experiments.claims [--root DIR]
+
+``--root`` is the experiments root (default: the repository's ``experiments/`` from a source
+checkout, wherever the command runs; see :mod:`experiments.paths`).
 
 Every statement comes from a block's ``summarize`` over finished result records and cites
 the result files its numbers come from; a file is written even when it has no statement,
@@ -15,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from experiments.blocks import Statement, all_blocks
+from experiments.paths import add_root_argument, root_from
 from experiments.records import RESULT_KIND, RESULTS_DIR
 from tlatlas.io import atomic_write
 
@@ -86,10 +90,10 @@ def write_claims(root: Path, command: str = "python -m experiments.claims") -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.claims", description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default="experiments")
+    add_root_argument(parser)
     args = parser.parse_args(argv)
-    command = "python -m experiments.claims" + (f" --root {args.root}" if args.root != "experiments" else "")
-    paths = write_claims(Path(args.root), command)
+    command = "python -m experiments.claims" + (f" --root {args.root}" if args.root is not None else "")
+    paths = write_claims(root_from(args), command)
     for path in paths.values():
         n = path.read_text().count("\n- ")
         print(f"wrote {path} ({n} statements)")

@@ -1,15 +1,23 @@
 """Where block runs execute: in this process (``local``), or as Ray tasks (``ray``).
 
-Both yield ``(task, record)`` as each run finishes; the driver (:mod:`experiments.run`)
-writes every result file and registry line, so a Ray worker that dies mid-block and is
-retried (``max_retries``) leaves no partial file and no duplicate line. Ray is an optional
-extra (``pip install 'tlatlas[ray]'``); the local executor never imports it.
+Both yield ``(task, record)`` as each run finishes; the driver
+(:func:`experiments.runner.run_plan`) writes every result file and registry line, so a Ray
+worker that dies mid-block and is retried (``max_retries``) leaves no partial file and no
+duplicate line. Ray is an optional extra (``pip install 'tlatlas[ray]'``); the local
+executor never imports it.
+
+    python -m experiments.run --model smollm2-135m --blocks all --size smoke --executor ray
+
+This module imports the runner's :class:`~experiments.runner.Task` and
+:func:`~experiments.runner.run_task`; the runner never imports an executor (it takes the run
+function returned by :func:`executor`).
 """
 
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from experiments.runner import Execute, Say, Task, run_task
 from tlatlas.errors import TlatlasError
 
 EXECUTORS = ("local", "ray")
@@ -21,14 +29,9 @@ class ExecutorUnavailableError(TlatlasError):
     """The executor asked for cannot run here (e.g. Ray is not installed)."""
 
 
-Say = Callable[[str], None]
-
-
-def run_local(tasks: Sequence, root: Path, command: str, say_for: Callable[[object], Say]
-              ) -> Iterator[tuple[object, dict]]:
+def run_local(tasks: Sequence[Task], root: Path, command: str, say_for: Callable[[Task], Say]
+              ) -> Iterator[tuple[Task, dict]]:
     """Run the tasks one after another in this process."""
-    from experiments.run import run_task
-
     for task in tasks:
         say = say_for(task)
         say("running")
@@ -40,7 +43,6 @@ def _remote_run(block_id: str, models: tuple[str, ...], key: dict, prov: dict, r
     """Body of a Ray task: rebuild the task from plain data and run it (no file writes)."""
     from experiments.blocks import all_blocks
     from experiments.records import Provenance, ResultKey
-    from experiments.run import Task, run_task
 
     prov = {**prov, "weights_sha256": tuple(prov["weights_sha256"])}
     task = Task(block=all_blocks()[block_id], models=tuple(models), key=ResultKey(**key),
@@ -58,13 +60,14 @@ def _runtime_env() -> dict:
     return {"env_vars": env}
 
 
-def run_ray(tasks: Sequence, root: Path, command: str, say_for: Callable[[object], Say], *,
-            address: str | None = None, max_retries: int = 2) -> Iterator[tuple[object, dict]]:
+def run_ray(tasks: Sequence[Task], root: Path, command: str, say_for: Callable[[Task], Say], *,
+            address: str | None = None, max_retries: int = 2) -> Iterator[tuple[Task, dict]]:
     """Submit every task to Ray; yield results as they arrive.
 
     Without ``address`` a local Ray instance is started on this machine's cores, bound to
     the loopback address. Each task requests one CPU, the block's estimated memory, and
-    its GPUs when the cluster has GPUs.
+    its GPUs when the cluster has GPUs. Workers get the root as an absolute path (their
+    working directory is not the driver's).
     """
     try:
         import ray
@@ -87,8 +90,8 @@ def run_ray(tasks: Sequence, root: Path, command: str, say_for: Callable[[object
         ref = remote.options(
             num_cpus=1, num_gpus=cost.gpus if has_gpu else 0,
             memory=int(cost.memory_gb * 2**30), max_retries=max_retries, retry_exceptions=False,
-        ).remote(task.block.id, task.models, asdict(task.key), task.prov.to_dict(), str(root),
-                 command)
+        ).remote(task.block.id, task.models, asdict(task.key), task.prov.to_dict(),
+                 str(Path(root).resolve()), command)
         pending[ref] = task
         say_for(task)("submitted to Ray")
     while pending:
@@ -106,7 +109,7 @@ def run_ray(tasks: Sequence, root: Path, command: str, say_for: Callable[[object
                                         fingerprints=None)
 
 
-def executor(name: str, *, address: str | None = None):
+def executor(name: str, *, address: str | None = None) -> Execute:
     """The run function of executor ``name`` (Ray's is checked for availability now)."""
     if name not in EXECUTORS:
         raise ExecutorUnavailableError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")

@@ -8,8 +8,11 @@ mid-write, or a disk that filled up) is detected: appending refuses until it is 
 and ``python -m experiments.registry check`` reports it; ``repair`` truncates it, on request
 only, after copying the damaged file aside.
 
-    python -m experiments.registry check [--root experiments]
-    python -m experiments.registry repair [--root experiments]
+    python -m experiments.registry check [--root DIR]
+    python -m experiments.registry repair [--root DIR]
+
+``--root`` is the experiments root (default: the repository's ``experiments/`` from a source
+checkout, wherever the command runs; see :mod:`experiments.paths`).
 """
 
 import argparse
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from experiments.paths import add_root_argument, root_from
 from tlatlas.errors import TlatlasError
 
 REGISTRY_NAME = "registry.jsonl"
@@ -147,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.registry",
                                      description="check or repair the experiment registry")
     parser.add_argument("action", choices=["check", "repair"])
-    parser.add_argument("--root", default="experiments", help="experiments root directory")
+    add_root_argument(parser)
     args = parser.parse_args(argv)
-    root = Path(args.root)
+    root = root_from(args)
     if args.action == "repair":
         backup = repair(root)
         print(f"repaired {registry_path(root)}; damaged copy kept at {backup}" if backup
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{c.path}: {c.n_lines} complete lines")
     if c.torn_last_line:
         print("  TORN last line: the file does not end with a complete line "
-              "(run `python -m experiments.registry repair` to drop it)")
+              f"(run `python -m experiments.registry repair --root {root}` to drop it)")
     if c.bad_lines:
         print(f"  invalid lines: {list(c.bad_lines)}")
     if c.duplicates:

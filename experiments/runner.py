@@ -1,31 +1,28 @@
-"""The experiment orchestrator: every block for a model, a dry run, and a registry of results.
-
-    python -m experiments.run --model smollm2-135m --blocks all --size smoke
-    python -m experiments.run --model smollm2-135m --blocks all --size smoke --dry-run
-    python -m experiments.run --models smollm2-135m gemma3-270m --blocks hub-compare,steer-transfer
+"""The experiment runner: plan the tasks, run them through an executor, commit the results.
 
 One result per block × model × seed (DESIGN §6). The driver alone writes results and
 registry lines: a task returns its record, and :func:`commit` writes the file atomically,
 then appends its registry line. A rerun skips results whose provenance (weights, seed,
 size, parameters, suite hash, code version) matches, and re-adds a registry line that a
-crash between the two writes left out; ``--force`` recomputes. A block that raises is
-recorded as failed with its traceback and the others go on; the exit status is 1 when any
-block failed.
+crash between the two writes left out; ``force`` recomputes. A block that raises is
+recorded as failed with its traceback and the others go on.
+
+The command line is :mod:`experiments.run`; the executors (:mod:`experiments.executors`)
+import :class:`Task` and :func:`run_task` from here, and :func:`run_plan` takes the
+executor's run function as an argument, so this module imports no executor.
+
+    python -m experiments.run --model smollm2-135m --blocks all --size smoke --dry-run
 """
 
-import argparse
-import os
-import shlex
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.blocks import SIZES, Block, select_blocks
+from experiments.blocks import Block
 from experiments.context import BlockContext, suite_hash
-from experiments.executors import EXECUTORS, executor
 from experiments.records import (
     Provenance,
     ResultKey,
@@ -137,7 +134,8 @@ def commit(root: Path, task: Task, record: dict) -> Path:
     return path
 
 
-def _print_plan(tasks: list[Task]) -> None:
+def print_plan(tasks: Sequence[Task]) -> None:
+    """The plan as a table on stdout: each task, its estimate and its action."""
     print(f"{'#':>3} {'block':22} {'prio':>4} {'model':24} {'seed':>5} {'est.':>7}  action")
     total = 0.0
     for i, t in enumerate(tasks, 1):
@@ -152,58 +150,19 @@ def _print_plan(tasks: list[Task]) -> None:
           f"(2-core CPU, 135M model; scale with model size)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.split("\n")[0])
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--model", default=None, help="one model (default smollm2-135m)")
-    who.add_argument("--models", nargs="+", default=None, help="several models (A B for pairs)")
-    p.add_argument("--blocks", default="all", help="all, or a comma list of block ids")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="suite seeds (default: 42 for smoke, 42 137 256 otherwise)")
-    p.add_argument("--size", choices=SIZES, default="smoke")
-    p.add_argument("--dry-run", action="store_true", help="print the plan; run and write nothing")
-    p.add_argument("--force", action="store_true", help="recompute cached results")
-    p.add_argument("--root", default="experiments", help="results, registry and artifacts root")
-    p.add_argument("--list", action="store_true", help="list the blocks and their questions")
-    p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="local (default: one process) or ray (Ray tasks; pip install 'tlatlas[ray]')")
-    p.add_argument("--ray-address", default=None,
-                   help="an existing Ray cluster (default: start a local instance)")
-    return p
+Say = Callable[[str], None]
+Execute = Callable[[Sequence[Task], Path, str, Callable[[Task], Say]],
+                   Iterable[tuple[Task, dict]]]
+"""An executor's run function: ``execute(tasks, root, command, say_for)`` yields
+``(task, record)`` as each task finishes (:mod:`experiments.executors`)."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    command = "python -m experiments.run " + shlex.join(argv)
-    from tlatlas.errors import TlatlasError
+def run_plan(tasks: Sequence[Task], root: Path, command: str, execute: Execute) -> list[Task]:
+    """Run the plan: re-register cached results, run the rest through ``execute`` and commit
+    each record as it arrives (the driver is the only writer); returns the failed tasks.
 
-    try:
-        blocks = select_blocks(args.blocks)
-    except KeyError as err:
-        print(f"experiments.run: error: {err.args[0]}", file=sys.stderr)
-        return 2
-    if args.list:
-        for b in blocks:
-            print(f"{b.id:22} p{b.priority:<3} {b.question}")
-        return 0
-    models = args.models or [args.model or "smollm2-135m"]
-    seeds = args.seeds or list(DEFAULT_SEEDS[args.size])
-    root = Path(args.root)
-    try:
-        tasks = plan(blocks, models, seeds, args.size, root, force=args.force)
-    except TlatlasError as err:
-        print(f"experiments.run: error: {err}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        _print_plan(tasks)
-        return 0
-    try:
-        execute = executor(args.executor, address=args.ray_address)
-    except TlatlasError as err:
-        print(f"experiments.run: error: {err}", file=sys.stderr)
-        return 2
+    Progress goes to stderr, the one-line summary to stdout.
+    """
     todo = [t for t in tasks if t.action != "skip"]
     heads = {id(t): f"[{i}/{len(todo)}] {t.key.label()}" for i, t in enumerate(todo, 1)}
     failed = []
@@ -215,10 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for t in runnable:
         print(f"{heads[id(t)]}: to run ({t.reason})", file=sys.stderr, flush=True)
 
-    def say_for(task):
+    def say_for(task: Task) -> Say:
         return lambda m: print(f"{heads[id(task)]}:   {m}", file=sys.stderr, flush=True)
 
-    for done, (task, record) in enumerate(execute(runnable, root, command, say_for), 1):
+    results: Iterator[tuple[Task, dict]] = iter(execute(runnable, root, command, say_for))
+    for done, (task, record) in enumerate(results, 1):
         path = commit(root, task, record)  # the driver is the only writer
         head = f"{heads[id(task)]} ({done}/{len(runnable)} finished)"
         if record["status"] == "failed":
@@ -233,8 +193,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(todo) - len(failed)} of {len(todo)} results ok ({len(runnable)} run, "
           f"{len(todo) - len(runnable)} cached)"
           + (f"; failed: {', '.join(t.key.label() for t in failed)}" if failed else ""))
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return failed

@@ -7,9 +7,7 @@ Smoke size (CPU, SmolLM2-135M, one seed, about 6 minutes for these six):
     python -m experiments.run --models smollm2-135m gemma3-270m --size smoke --blocks hub-compare
 """
 
-from collections import defaultdict
-
-from experiments.blocks import Block, Statement, register_block, size_costs
+from experiments.blocks.base import Block, Statement, by_model_size, register_block, size_costs
 
 FOUR_FAMILIES = ("json", "factual", "code", "arithmetic")
 """The narrower suite of the origin report (its first four families)."""
@@ -34,13 +32,6 @@ def hub_value(atlas, *, families=None) -> dict:
             "n_examples": atlas.meta.n_examples, "suite_hash": atlas.meta.suite_hash}
 
 
-def _by_model(records: list[dict]) -> dict[str, list[dict]]:
-    out = defaultdict(list)
-    for r in records:
-        out[(r["model"], r["size"])].append(r)
-    return out
-
-
 # --------------------------------------------------------------------------- hub replication
 
 
@@ -52,7 +43,7 @@ def summarize_hub_replication(results: dict[str, list[dict]]) -> list[Statement]
     from tlatlas.atlas.hubs import HubSummary, seed_spread
 
     out = []
-    for (model, size), recs in _by_model(results.get("hub-replication", [])).items():
+    for (model, size), recs in by_model_size(results.get("hub-replication", [])).items():
         recs = sorted(recs, key=lambda r: r["seed"])
         hubs = [HubSummary.from_dict(r["value"]["kl"]) for r in recs]
         spread = seed_spread([r["seed"] for r in recs], hubs)
@@ -112,7 +103,7 @@ def run_nl_hub(ctx) -> dict:
 
 def summarize_nl_hub(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in _by_model(results.get("nl-hub", [])).items():
+    for (model, size), recs in by_model_size(results.get("nl-hub", [])).items():
         for r in sorted(recs, key=lambda r: r["seed"]):
             v = r["value"]
             out.append(Statement(kind="claim", sources=(r["path"],), text=(
@@ -141,7 +132,7 @@ def run_suite_breadth(ctx) -> dict:
 
 def summarize_suite_breadth(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in _by_model(results.get("suite-breadth", [])).items():
+    for (model, size), recs in by_model_size(results.get("suite-breadth", [])).items():
         for r in sorted(recs, key=lambda r: r["seed"]):
             h4, h12 = r["value"]["hub_4"]["kl"], r["value"]["hub_12"]["kl"]
             same = h4["hub_layer"] == h12["hub_layer"]
@@ -181,7 +172,7 @@ def run_position_bias(ctx) -> dict:
 
 def summarize_position_bias(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in _by_model(results.get("position-bias", [])).items():
+    for (model, size), recs in by_model_size(results.get("position-bias", [])).items():
         r = sorted(recs, key=lambda r: r["seed"])[0]
         v = r["value"]["resid"]
         top = max(v["mean"], key=v["mean"].get)
@@ -220,7 +211,7 @@ def run_ablation_kinds(ctx) -> dict:
 
 def summarize_ablation_kinds(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in _by_model(results.get("ablation-kinds", [])).items():
+    for (model, size), recs in by_model_size(results.get("ablation-kinds", [])).items():
         for r in sorted(recs, key=lambda r: r["seed"]):
             v = r["value"]
             kinds = ("zero", "mean", "resample")  # result JSON sorts its keys

@@ -9,8 +9,7 @@ pipeline works, not which strategy wins):
 
 from collections import defaultdict
 
-from experiments.blocks import Block, Statement, register_block, size_costs
-from experiments.blocks.atlas_blocks import _by_model
+from experiments.blocks.base import Block, Statement, by_model_size, register_block, size_costs
 
 
 def _train_params(smoke: dict, small: dict, full: dict) -> dict:
@@ -65,7 +64,7 @@ def run_lora_strategies(ctx) -> dict:
 
 def summarize_lora_strategies(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in _by_model(results.get("lora-strategies", [])).items():
+    for (model, size), recs in by_model_size(results.get("lora-strategies", [])).items():
         rows = [row for r in recs for row in r["value"]["rows"]]
         means = _mean_rows(rows, "strategy")
         paths = tuple(r["path"] for r in recs)
@@ -116,7 +115,7 @@ def run_module_sweep(ctx) -> dict:
 
 def summarize_module_sweep(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in _by_model(results.get("module-sweep", [])).items():
+    for (model, size), recs in by_model_size(results.get("module-sweep", [])).items():
         rows = [row for r in recs for row in r["value"]["rows"]]
         means = _mean_rows(rows, "module_set")
         layers = recs[0]["value"]["layers"]
@@ -151,7 +150,7 @@ def run_layer_skip(ctx) -> dict:
 
 def summarize_layer_skip(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in _by_model(results.get("layer-skip", [])).items():
+    for (model, size), recs in by_model_size(results.get("layer-skip", [])).items():
         for r in sorted(recs, key=lambda r: r["seed"]):
             rows = {row["skip_set"]: row for row in r["value"]["rows"]}
 
@@ -200,7 +199,7 @@ def run_checkpoint_lockin(ctx) -> dict:
 
 def summarize_checkpoint_lockin(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in _by_model(results.get("checkpoint-lockin", [])).items():
+    for (model, size), recs in by_model_size(results.get("checkpoint-lockin", [])).items():
         for r in sorted(recs, key=lambda r: r["seed"]):
             v = r["value"]
             out.append(Statement(kind="gem" if v["hub_moved"] else "claim", sources=(r["path"],),

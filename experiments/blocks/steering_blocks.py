@@ -8,8 +8,7 @@ Smoke size (CPU, SmolLM2-135M, one seed):
     python -m experiments.run --models smollm2-135m gemma3-270m --size smoke --blocks steer-transfer
 """
 
-from experiments.blocks import Block, Statement, register_block, size_costs
-from experiments.blocks.atlas_blocks import _by_model
+from experiments.blocks.base import Block, Statement, by_model_size, register_block, size_costs
 from experiments.context import release_models
 
 QUANT_PRECISIONS = ("fp32", "bf16", "nf4-fp32", "nf4-bf16", "int8")
@@ -74,7 +73,7 @@ def run_quant_speed(ctx) -> dict:
 
 def summarize_quant_speed(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in _by_model(results.get("quant-speed", [])).items():
+    for (model, size), recs in by_model_size(results.get("quant-speed", [])).items():
         r = recs[0]
         p = {row["precision"]: row for row in r["value"]["precisions"]}
         out.append(Statement(kind="claim", sources=(r["path"],), text=(
@@ -138,7 +137,7 @@ def run_steer_controls(ctx) -> dict:
 
 def summarize_steer_controls(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in _by_model(results.get("steer-controls", [])).items():
+    for (model, size), recs in by_model_size(results.get("steer-controls", [])).items():
         for r in sorted(recs, key=lambda r: r["seed"]):
             v = r["value"]
             ratio = v["kl_over_random_at_top_scale"][0]
@@ -192,7 +191,7 @@ def run_steer_quant(ctx) -> dict:
 
 def summarize_steer_quant(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in _by_model(results.get("steer-quant", [])).items():
+    for (model, size), recs in by_model_size(results.get("steer-quant", [])).items():
         for r in sorted(recs, key=lambda r: r["seed"]):
             v = r["value"]
             top = v["scales"].index(v["top_scale"])
