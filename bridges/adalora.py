@@ -26,9 +26,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-import torch
-from torch import Tensor
-
 from bridges.export import module_params
 from bridges.names import MODULES, hf_module_names
 from bridges.train import TrainConfig, TrainResult, train_lora
@@ -64,7 +61,8 @@ class AdaLoraPlan:
     budget: int
     """The matched budget (trainable parameters) the final count must not exceed."""
     orth_reg_weight: float = 0.5
-    """Weight of AdaLoRA's orthogonality penalty on A and B (PEFT's default)."""
+    """Weight of AdaLoRA's orthogonality penalty on A and B (PEFT's default). PEFT adds
+    it to the loss whenever the model computes one from ``labels``."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.target_r < self.init_r:
@@ -128,21 +126,6 @@ def adalora_plan(model, budget: int, steps: int, *, layers: Sequence[int] | None
                        triplet_costs=costs, budget=budget)
 
 
-def orthogonality_penalty(model, weight: float) -> Tensor:
-    """AdaLoRA's regulariser: mean ||A A^T - I||_F and ||B^T B - I||_F, times ``weight``.
-
-    PEFT adds it only when the model computes the loss from labels; our loop computes
-    the answer loss itself, so it adds this term instead (the same formula).
-    """
-    terms = []
-    for name, p in model.named_parameters():
-        if ("lora_A" in name or "lora_B" in name) and ADAPTER_NAME in name:
-            cov = p @ p.T if "lora_A" in name else p.T @ p
-            eye = torch.eye(*cov.shape, device=cov.device, dtype=cov.dtype)
-            terms.append(torch.linalg.matrix_norm(cov - eye))
-    return weight * torch.stack(terms).mean()
-
-
 @dataclass(frozen=True, kw_only=True)
 class AdaLoraResult:
     """A trained AdaLoRA run and its budget accounting."""
@@ -195,9 +178,10 @@ def train_adalora(source, plan: AdaLoraPlan, config: TrainConfig, *, device=None
         if steps_done:  # PEFT counts global steps from 0, after optimizer.step()
             model.base_model.update_and_allocate(steps_done - 1)
 
+    # the loop optimizes the PEFT model's labels= loss, to which AdaLoRA adds
+    # ``orth_reg_weight`` x its orthogonal regularisation itself
     result = train_lora(source, plan, config, device=device, on_step=on_step,
-                        after_step=allocate,
-                        penalty=lambda m: orthogonality_penalty(m, plan.orth_reg_weight))
+                        after_step=allocate)
     ranks, effective, saved = final_accounting(seen["model"], plan)
     return AdaLoraResult(train=result, initial_params=result.trainable_params,
                          final_params=effective, peft_final_params=saved, final_ranks=ranks)

@@ -45,12 +45,18 @@ DEFAULT_RECOVERY = TrainConfig(family="any", steps=30, n_train=8, n_heldout=2)
 TOP = 5
 
 
+CACHE_KWARGS = ("cache", "past_key_values")
+"""Names a decoder layer's KV cache argument has had across transformers versions."""
+
+
 class SkippedBlock(nn.Module):
     """The identity in a skipped block's place: the residual stream passes unchanged.
 
     Decoder layers take the residual stream first and return it (transformers 5), with
-    masks, rotary embeddings and the cache as further arguments, which it ignores: a
-    skipped block never writes its keys/values, and no other layer reads them.
+    masks, rotary embeddings and the cache as further arguments. No other layer reads a
+    skipped block's keys/values, but the cache's *length* is read from its layers (layer
+    0's sets the mask and positions while ``generate`` decodes), so the block appends a
+    zero placeholder one channel wide per position to its own cache layer.
     """
 
     def __init__(self, layer: int) -> None:
@@ -58,6 +64,11 @@ class SkippedBlock(nn.Module):
         self.layer = layer
 
     def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:
+        cache = next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
+        if cache is not None and hasattr(cache, "update"):
+            placeholder = hidden_states.new_zeros(hidden_states.shape[0], 1,
+                                                  hidden_states.shape[1], 1)
+            cache.update(placeholder, placeholder, self.layer)
         return hidden_states
 
 

@@ -1,9 +1,9 @@
 """LoRA fine-tuning on a task family, with a fixed held-out split (DESIGN §5, LoRA comparison).
 
 Metrics: held-out loss (mean cross-entropy over answer tokens, in nats) and exact match
-of the greedy completion against the answer. The split does not depend on the training
-seed: the family's examples of the seed-42 suite, first ``n_train`` for training and the
-last ``n_heldout`` held out. Training is deterministic given ``seed`` on the CPU.
+of the greedy completion (batched ``generate``) against the answer. The split does not
+depend on the training seed: the family's examples of the seed-42 suite, first
+``n_train`` for training and the last ``n_heldout`` held out. Training is deterministic given ``seed`` on the CPU.
 """
 
 import json
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from tlatlas.errors import InvalidInputError
 from tlatlas.tasks import DEFAULT_SEED, Example, build_suite
+from tlatlas.tokens import pad_id, pad_right, prompt_ids
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,74 +83,105 @@ def split(config: TrainConfig) -> tuple[list[Example], list[Example]]:
     return train, held
 
 
+def _with_answers(examples: Sequence[Example], tokenizer) -> tuple[list[list[int]], list[int]]:
+    """Each example's ``prompt + answer`` ids (BOS first, as the one encoder writes prompts)
+    and the index where its answer starts."""
+    rows = prompt_ids([ex.prompt + ex.answer for ex in examples], tokenizer)
+    starts = [len(p) for p in prompt_ids([ex.prompt for ex in examples], tokenizer)]
+    return rows, starts
+
+
 def lm_batch(examples: Sequence[Example], tokenizer) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """Right-padded ``prompt + answer`` ids and labels (-100 outside the answer)."""
-    rows, labels = [], []
-    for ex in examples:
-        p = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
-        full = tokenizer(ex.prompt + ex.answer, add_special_tokens=False)["input_ids"]
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        rows.append(bos + full)
-        labels.append([-100] * (len(bos) + len(p)) + full[len(p):])
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad)
-    lab = torch.full((len(rows), width), -100)
-    for i, (r, la) in enumerate(zip(rows, labels, strict=True)):
-        ids[i, : len(r)] = torch.tensor(r)
-        lab[i, : len(la)] = torch.tensor(la)
-    return ids, lab
+    rows, starts = _with_answers(examples, tokenizer)
+    labels = [[-100] * s + r[s:] for r, s in zip(rows, starts, strict=True)]
+    return pad_right(rows, pad_id(tokenizer)), pad_right(labels, -100)
+
+
+def causal_lm(model):
+    """The transformers model under a PEFT wrapper (its adapters stay injected), else ``model``.
+
+    Called with ``labels``, a PEFT AdaLoRA model adds its orthogonal regularisation to the
+    loss, in eval mode too; the plain model returns the answer loss alone.
+    """
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def answer_loss(model, ids: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over answer tokens (nats)."""
+    """Mean cross-entropy over answer tokens (nats): the causal LM's own ``labels=`` loss
+    (it shifts the labels and ignores -100), without any adapter's regularisation."""
     dev = next(model.parameters()).device
-    logits = model(input_ids=ids.to(dev)).logits[:, :-1].float()
-    target = labels[:, 1:].to(dev)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                             target.reshape(-1), ignore_index=-100)
+    return causal_lm(model)(input_ids=ids.to(dev), labels=labels.to(dev)).loss
+
+
+@torch.no_grad()
+def greedy_completions(model, tokenizer, examples: Sequence[Example], batch_size: int = 8
+                       ) -> list[list[int]]:
+    """Per example, the tokens greedy decoding appends to its prompt: as many as its answer
+    has (fewer only where generation stopped at EOS).
+
+    Batched ``generate`` with a KV cache: prompts left-padded with an attention mask, as
+    many new tokens as the batch's longest answer, each example cut to its own answer's
+    length.
+    """
+    model.eval()
+    lm = causal_lm(model)
+    dev = next(model.parameters()).device
+    fill = pad_id(tokenizer)
+    completions = []
+    for i in range(0, len(examples), batch_size):
+        rows, starts = _with_answers(examples[i:i + batch_size], tokenizer)
+        prompts = [r[:s] for r, s in zip(rows, starts, strict=True)]
+        lengths = [len(r) - s for r, s in zip(rows, starts, strict=True)]
+        # left padding = right padding of the reversed rows, flipped back
+        ids = pad_right([p[::-1] for p in prompts], fill).flip(1)
+        mask = pad_right([[1] * len(p) for p in prompts], 0).flip(1)
+        out = lm.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
+                          num_beams=1, max_new_tokens=max(lengths), pad_token_id=fill)
+        new = out[:, ids.shape[1]:].cpu()  # narrower when every row stopped at EOS early
+        completions += [new[j, :n].tolist() for j, n in enumerate(lengths)]
+    return completions
+
+
+def greedy_hits(model, tokenizer, examples: Sequence[Example], batch_size: int = 8) -> list[bool]:
+    """Per example: does greedy decoding from the prompt reproduce the answer's tokens?"""
+    rows, starts = _with_answers(examples, tokenizer)
+    got = greedy_completions(model, tokenizer, examples, batch_size)
+    return [c == r[s:] for c, r, s in zip(got, rows, starts, strict=True)]
 
 
 @torch.no_grad()
 def evaluate(model, tokenizer, examples: Sequence[Example], batch_size: int = 8) -> tuple[float, float]:
     """(held-out loss, greedy exact match) of ``model`` on ``examples``."""
     model.eval()
-    dev = next(model.parameters()).device
     total, n_tokens = 0.0, 0
     for i in range(0, len(examples), batch_size):
         ids, labels = lm_batch(examples[i:i + batch_size], tokenizer)
         n = int((labels[:, 1:] != -100).sum())
         total += float(answer_loss(model, ids, labels)) * n
         n_tokens += n
-    hits = 0
-    for ex in examples:  # greedy decode as many tokens as the answer has
-        ids, labels = lm_batch([ex], tokenizer)
-        n_ans = int((labels != -100).sum())
-        prompt = ids[:, : ids.shape[1] - n_ans].to(dev)
-        for _ in range(n_ans):
-            nxt = model(input_ids=prompt).logits[:, -1].argmax(-1, keepdim=True)
-            prompt = torch.cat([prompt, nxt], dim=1)
-        hits += int(torch.equal(prompt[0, -n_ans:].cpu(), ids[0, -n_ans:]))
-    return total / max(n_tokens, 1), hits / len(examples)
+    hits = greedy_hits(model, tokenizer, examples, batch_size)
+    return total / max(n_tokens, 1), sum(hits) / len(examples)
 
 
 def train_lora(source, plan, config: TrainConfig, *, quantization=None, device=None,
                base=None, out: str | Path | None = None,
                on_step: Callable[[int, float], None] | None = None,
-               after_step: Callable[[object, int], None] | None = None,
-               penalty: Callable[[object], Tensor] | None = None) -> TrainResult:
+               after_step: Callable[[object, int], None] | None = None) -> TrainResult:
     """Fine-tune the adapters ``plan`` describes on ``source``.
 
     ``plan`` is a bridges.export.LoraPlan, or any plan with ``lora_config()`` (a PEFT
     config) and ``to_dict()`` (bridges.adalora.AdaLoraPlan).
-    ``quantization`` (a bridges.quant.QuantSpec) trains QLoRA-style on a quantized copy.
+    ``quantization`` (a tlatlas.models.quant.QuantSpec) trains QLoRA-style on a quantized copy.
     ``base``: an already loaded plain HF model to adapt instead of loading ``source`` (e.g.
     one with blocks skipped); PEFT injects the adapters into it in place, so after the
     call ``base`` computes with the trained adapters.
     ``after_step(peft_model, steps_done)`` runs once before training (0) and after every
     optimizer step, before the gradients are cleared (AdaLoRA's rank allocation,
-    checkpoints). ``penalty(peft_model)`` is added to the optimized loss (AdaLoRA's
-    orthogonal regularisation); ``losses`` record the answer loss alone.
+    checkpoints). The optimized loss is the PEFT model's own ``labels=`` loss, which for
+    AdaLoRA includes its orthogonal regularisation; ``losses`` record the answer loss alone.
     With ``out``, the adapter is saved with PEFT's ``save_pretrained`` plus ``result.json``.
     """
     from peft import get_peft_model
@@ -175,14 +207,19 @@ def train_lora(source, plan, config: TrainConfig, *, quantization=None, device=N
     model.train()
     if after_step is not None:
         after_step(model, 0)
+    dev = next(model.parameters()).device
+    loss_function = causal_lm(model).loss_function  # the answer loss alone, to record
     for step in range(config.steps):
         batch = order.sample(train, min(config.batch_size, len(train)))
-        ids, labels = lm_batch(batch, tokenizer)
-        loss = answer_loss(model, ids, labels)
+        ids, labels = (t.to(dev) for t in lm_batch(batch, tokenizer))
+        output = model(input_ids=ids, labels=labels)
         opt.zero_grad()
-        (loss if penalty is None else loss + penalty(model)).backward()
+        output.loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        with torch.no_grad():
+            answer = loss_function(logits=output.logits, labels=labels,
+                                   vocab_size=output.logits.shape[-1])
+        losses.append(float(answer))
         if after_step is not None:
             after_step(model, step + 1)
         if on_step is not None:

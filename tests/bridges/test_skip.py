@@ -14,7 +14,7 @@ from bridges.skip import (
     skipped_blocks,
     top_overlap,
 )
-from bridges.train import TrainConfig, answer_loss, lm_batch, split
+from bridges.train import TrainConfig, answer_loss, greedy_completions, lm_batch, split
 from tlatlas.atlas.config import AtlasConfig
 from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
 from tlatlas.atlas.store import save_atlas
@@ -87,6 +87,18 @@ def test_skipped_forward_equals_model_rebuilt_without_those_blocks(tiny_dirs, ti
     m = skip_measures(full, skipped)
     assert m["kl"] > 1e-3 and m["top5_overlap"] < 1.0
     assert torch.equal(scored_logits(hf, tok, held), full)  # the blocks are back
+
+
+@pytest.mark.parametrize("layers", [[0], [0, 2], [1]])
+def test_greedy_decoding_with_a_kv_cache_equals_the_rebuilt_model(tiny_dirs, tiny_models, layers):
+    """generate reads the cache's length from layer 0: a skipped block keeps it right."""
+    path, held = tiny_dirs["llama"], split(PROMPTS)[1]
+    tok = _tokenizer(path)
+    hf = load_hf_model(path, device="cpu", dtype=torch.float32)
+    with skipped_blocks(hf, layers, path=blocks_path(tiny_models["llama"])):
+        got = greedy_completions(hf, tok, held)
+    assert got == greedy_completions(_without_blocks(path, layers), tok, held)
+    assert got != greedy_completions(hf, tok, held)  # skipping changed the completions
 
 
 def test_one_block_skip_is_the_atlas_block_ablation(tiny_dirs, tiny_models):

@@ -5,7 +5,7 @@ import torch
 
 from bridges.adalora import adalora_plan, train_adalora
 from bridges.influence import block_influence
-from bridges.train import TrainConfig
+from bridges.train import TrainConfig, answer_loss, lm_batch, split
 from tlatlas.atlas.config import AtlasConfig
 from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
 from tlatlas.atlas.store import save_atlas
@@ -97,6 +97,46 @@ def test_adalora_trains_to_its_final_budget(tiny_dirs, tiny_models):
     assert a.final_params == a.peft_final_params <= 1000 < a.initial_params
     assert sum(a.final_ranks.values()) == plan.target_r * 3
     assert all(torch.isfinite(torch.tensor(a.train.losses)))
+
+
+def reference_orthogonality_penalty(model, weight):
+    """AdaLoRA's regulariser as the paper writes it (and bridges.adalora did by hand): mean
+    over A and B of ||A A^T - I||_F and ||B^T B - I||_F, times ``weight``."""
+    terms = []
+    for name, p in model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and "default" in name:
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            terms.append(torch.linalg.matrix_norm(cov - torch.eye(*cov.shape)))
+    return weight * torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_peft_adds_adalora_orthogonal_regularisation_to_the_labels_loss(tiny_dirs, tiny_models,
+                                                                       training):
+    """PEFT's AdaLoRA adds orth_reg_weight x the penalty to any labels= loss (in eval mode
+    too): the training loop relies on it (no penalty of its own, so nothing counted twice)
+    and answer_loss, which evaluation reports, leaves it out."""
+    from peft import get_peft_model
+    from transformers import AutoTokenizer
+
+    from tlatlas.models import load_hf_model
+
+    plan = adalora_plan(tiny_models["llama"], 1000, 6, init_r=4)
+    peft = get_peft_model(load_hf_model(tiny_dirs["llama"], device="cpu"), plan.lora_config())
+    peft.train(training)
+    tok = AutoTokenizer.from_pretrained(str(tiny_dirs["llama"]))
+    ids, labels = lm_batch(split(TrainConfig(family="arithmetic", n_train=4, n_heldout=1))[0],
+                           tok)
+    with torch.no_grad():
+        with_labels = peft(input_ids=ids, labels=labels).loss
+        plain = answer_loss(peft, ids, labels)
+        logits = peft(input_ids=ids).logits[:, :-1]
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                               labels[:, 1:].reshape(-1), ignore_index=-100)
+        penalty = reference_orthogonality_penalty(peft, plan.orth_reg_weight)
+    assert float(penalty) > 0.1  # A and B start far from orthonormal
+    assert float(plain) == pytest.approx(float(ce), abs=1e-5)
+    assert float(with_labels - plain) == pytest.approx(float(penalty), abs=1e-5)
 
 
 def test_adalora_refuses_what_it_cannot_match(tiny_models):
