@@ -242,3 +242,12 @@ def test_one_spelling_of_the_suite_choice():
         if "--per-family" in options:
             suite = next(a for a in p._actions if "--suite" in a.option_strings)
             assert tuple(suite.choices) == ("synthetic", "nl") and suite.default == "synthetic"
+
+
+def test_position_choices_match_the_library():
+    from tlatlas.atlas.ablation import POSITION_POLICIES
+    from tlatlas.atlas.config import AtlasConfig
+    from tlatlas.cli.atlas import DEFAULT_POSITIONS, POSITION_CHOICES
+
+    assert tuple(POSITION_CHOICES) == POSITION_POLICIES
+    assert AtlasConfig().positions_ablated == DEFAULT_POSITIONS

@@ -8,6 +8,11 @@
 - **evidence** (:func:`hub_evidence`): a stratified bootstrap over the atlas's examples
   gives each layer's interval, P(hub = L) for every layer, the hub's margin over the
   runner-up with its interval, and family agreement with its interval.
+
+An atlas built by estimate-then-verify (:mod:`tlatlas.atlas.verify`) holds exact values
+only at its verified entries: :func:`verified_layer_mask` says which layers of a component
+are exact, and the hub, the least layer, each family's argmax and the evidence are taken
+over those layers only (every layer when the atlas has no verified mask).
 """
 
 import statistics
@@ -17,9 +22,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tlatlas.atlas.config import COMPONENTS
 from tlatlas.atlas.sums import AtlasSums, mean_effect
 from tlatlas.errors import InvalidInputError, UnknownNameError
 from tlatlas.io import known_fields
@@ -50,6 +56,9 @@ class HubSummary:
     """Component the hub is computed on."""
     excluded: dict[str, str] = field(default_factory=dict)
     """Families left out of the hub, with why (too few scored examples)."""
+    verified: tuple[bool, ...] | None = None
+    """For an estimate-then-verify atlas, whether each layer's value is exact (the hub,
+    least layer and family argmaxes are taken over exact layers only); None otherwise."""
 
     def to_dict(self) -> dict:
         return {"kind": "tlatlas.hub_summary", "format_version": 1, **asdict(self)}
@@ -57,7 +66,38 @@ class HubSummary:
     @classmethod
     def from_dict(cls, d: dict) -> "HubSummary":
         fields = known_fields(cls, d)
+        if fields.get("verified") is not None:
+            fields["verified"] = tuple(fields["verified"])
         return cls(**{**fields, "layer_effect": tuple(fields["layer_effect"])})
+
+
+def verified_layer_mask(sums: AtlasSums, component: str = "block") -> Bool[Tensor, " layer"] | None:
+    """Which layers of ``component`` hold exact values in every example, for an atlas with
+    a verified mask (``layer.verified``, :mod:`tlatlas.atlas.verify`); None for an atlas
+    whose every value is exact or every value estimated (no mask)."""
+    if "layer.verified" not in sums.tensors:
+        return None
+    c = COMPONENTS.index(component)
+    return (sums.tensors["layer.verified"][c] >= sums.tensors["count"]).all(-1)
+
+
+def verified_layers(sums: AtlasSums, component: str = "block") -> tuple[int, ...]:
+    """The layers of ``component`` whose values are exact (all layers without a mask):
+    what a consumer that must use exact values only (the hub, the LoRA export) ranks."""
+    mask = verified_layer_mask(sums, component)
+    if mask is None:
+        return tuple(sums.layers)
+    return tuple(layer for layer, ok in zip(sums.layers, mask.tolist(), strict=True) if ok)
+
+
+def _exact_layers(sums: AtlasSums, component: str) -> Bool[Tensor, " layer"]:
+    mask = verified_layer_mask(sums, component)
+    if mask is None:
+        return torch.ones(len(sums.layers), dtype=torch.bool)
+    if not mask.any():
+        raise InvalidInputError(f"no layer of {component} is verified in this atlas: it has "
+                                "no exact value to take a hub from")
+    return mask
 
 
 def hub_families(sums: AtlasSums, families: Sequence[str] | None = None, *,
@@ -89,9 +129,12 @@ def hub_summary(sums: AtlasSums, *, metric: str = "kl", component: str = "block"
     idx = [sums.families.index(f) for f in fams]
     effect = mean_effect(sums, metric, component)[:, idx]  # [layer family]
     per_layer = effect.mean(1)
-    hub_i = int(per_layer.argmax())
-    least_i = int(per_layer.argmin())
-    argmax = {f: sums.layers[int(effect[:, j].argmax())] for j, f in enumerate(fams)}
+    exact = _exact_layers(sums, component)
+    hi = torch.where(exact, per_layer, -torch.inf)
+    hub_i = int(hi.argmax())
+    least_i = int(torch.where(exact, per_layer, torch.inf).argmin())
+    masked = torch.where(exact[:, None], effect, -torch.inf)
+    argmax = {f: sums.layers[int(masked[:, j].argmax())] for j, f in enumerate(fams)}
     hub = sums.layers[hub_i]
     return HubSummary(
         hub_layer=hub, hub_effect=float(per_layer[hub_i]),
@@ -100,6 +143,7 @@ def hub_summary(sums: AtlasSums, *, metric: str = "kl", component: str = "block"
         family_agreement=sum(v == hub for v in argmax.values()) / len(fams),
         layer_effect=tuple(float(x) for x in per_layer), metric=metric, component=component,
         excluded=excluded,
+        verified=None if "layer.verified" not in sums.tensors else tuple(exact.tolist()),
     )
 
 
@@ -121,16 +165,23 @@ class SeedSpread:
 
 
 def seed_spread(seeds: Sequence[int], summaries: Sequence[HubSummary]) -> SeedSpread:
-    if len(seeds) != len(summaries) or not seeds:
-        raise InvalidInputError("need one hub summary per seed, and at least one seed")
-    hubs = tuple(s.hub_layer for s in summaries)
+    """The hub across seeds, from one hub summary per seed."""
+    if len(seeds) != len(summaries):
+        raise InvalidInputError("need one hub summary per seed")
+    return spread_of(seeds, [s.hub_layer for s in summaries],
+                     [s.family_agreement for s in summaries])
+
+
+def spread_of(seeds: Sequence[int], hubs: Sequence[int], agreement: Sequence[float]
+              ) -> SeedSpread:
+    """The hub across seeds from each seed's hub layer and family agreement."""
+    if not seeds or not len(seeds) == len(hubs) == len(agreement):
+        raise InvalidInputError("need one hub and one agreement per seed, and at least one seed")
     counts = Counter(hubs)
     top = max(counts.values())
     return SeedSpread(
-        seeds=tuple(seeds), hubs=hubs, mode=min(h for h, c in counts.items() if c == top),
-        std=statistics.pstdev(hubs) if len(hubs) > 1 else None,
-        agreement=tuple(s.family_agreement for s in summaries),
-    )
+        seeds=tuple(seeds), hubs=tuple(hubs), mode=min(h for h, c in counts.items() if c == top),
+        std=statistics.pstdev(hubs) if len(hubs) > 1 else None, agreement=tuple(agreement))
 
 
 # --------------------------------------------------------------------------- evidence
@@ -219,9 +270,12 @@ def hub_evidence(sums: AtlasSums, *, metric: str = "kl", component: str = "block
     Raises InvalidInputError for an atlas without per-example effects (format 1).
     """
     fams, excluded = hub_families(sums, families, min_examples=min_examples)
-    if len(sums.layers) < 2:
-        raise InvalidInputError("a hub's margin needs at least two layers")
-    effect = sums.example_effect(metric, component)  # [layer example]
+    exact = _exact_layers(sums, component)
+    if int(exact.sum()) < 2:
+        raise InvalidInputError("a hub's margin needs at least two (verified) layers")
+    # an estimate-then-verify atlas: the evidence is over its exact layers only
+    layers = tuple(layer for layer, ok in zip(sums.layers, exact.tolist(), strict=True) if ok)
+    effect = sums.example_effect(metric, component)[exact]  # [layer example]
     fam_idx = sums.tensors["example.family"]
     keep_f = torch.tensor([sums.families.index(f) for f in fams])
     rows = torch.isin(fam_idx, keep_f)
@@ -240,15 +294,15 @@ def hub_evidence(sums: AtlasSums, *, metric: str = "kl", component: str = "block
     rep_others[:, hub_i] = -torch.inf
     margins = rep_layer[:, hub_i] - rep_others.max(1).values
     rep_hub = rep_layer.argmax(1)  # [rep]
-    p_hub = torch.bincount(rep_hub, minlength=len(sums.layers)).double() / replicates
+    p_hub = torch.bincount(rep_hub, minlength=len(layers)).double() / replicates
     rep_agree = (reps.argmax(1) == rep_hub[:, None]).double().mean(1)
     obs_agree = float((observed.argmax(0) == hub_i).double().mean())
     lo, hi = percentile_interval(torch.stack([margins, rep_agree], 1))
     layer_lo, layer_hi = percentile_interval(rep_layer)
     n = int(rows.sum())
     return HubEvidence(
-        metric=metric, component=component, layers=sums.layers, n_examples=n,
-        replicates=replicates, hub_layer=sums.layers[hub_i], runner_up=sums.layers[runner_i],
+        metric=metric, component=component, layers=layers, n_examples=n,
+        replicates=replicates, hub_layer=layers[hub_i], runner_up=layers[runner_i],
         layer_estimate=tuple(per_layer.tolist()), layer_ci_low=tuple(layer_lo.tolist()),
         layer_ci_high=tuple(layer_hi.tolist()), hub_probability=tuple(p_hub.tolist()),
         hub_margin=Interval(estimate=float(per_layer[hub_i] - per_layer[runner_i]),

@@ -12,10 +12,16 @@ from tlatlas.cli.common import (
     hub_table,
     non_negative_int,
     output_dir,
+    positive_int,
     role_table,
     shard,
     suite_from_args,
 )
+
+POSITION_CHOICES = ["all", "all-but-bos", "bos-only"]
+"""tlatlas.atlas.ablation.POSITION_POLICIES, spelled out so `--help` does not import torch."""
+DEFAULT_POSITIONS = "all"
+"""AtlasConfig's default (tests check both stay in step with the library)."""
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
@@ -47,9 +53,9 @@ def _atlas(args: argparse.Namespace, dist) -> int:
 
     from tlatlas.atlas.config import AtlasConfig
     from tlatlas.atlas.distributed import collective_step
-    from tlatlas.atlas.hubs import hub_summary
     from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
     from tlatlas.atlas.store import save_atlas
+    from tlatlas.atlas.summary import seed_entry
     from tlatlas.models import check_layers
 
     primary = dist is None or dist.is_primary
@@ -59,7 +65,10 @@ def _atlas(args: argparse.Namespace, dist) -> int:
     config = AtlasConfig(ablation=args.ablation, positions=args.positions,
                          batch_size=args.batch_size,
                          method="naive" if args.method == "naive" else "exact",
-                         layers=tuple(args.layers) if args.layers else None)
+                         layers=tuple(args.layers) if args.layers else None,
+                         positions_ablated=args.positions_ablated,
+                         correct_only=args.correct_only,
+                         min_family_examples=args.min_family_examples)
     suites = {seed: suite_from_args(args, seed=seed) for seed in args.seeds}
     for suite in suites.values():
         if part is not None:
@@ -87,7 +96,7 @@ def _atlas(args: argparse.Namespace, dist) -> int:
         ranks = f", {dist.world_size} ranks" if dist is not None else ""
         print(f"wrote {paths[1]}  ({atlas.meta.n_examples} examples, "
               f"{atlas.meta.timings.get('sweep', 0):.1f}s{ranks})", file=sys.stderr)
-        rows.append((seed, hub_summary(atlas.sums, metric=metric)))
+        rows.append(seed_entry(atlas, metric=metric))
     if not primary:
         return 0
     print(f"model {args.model} ({model.fingerprint.short})  suite {args.suite}  "
@@ -115,8 +124,10 @@ def _load_model(source: str, dist):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from tlatlas.atlas.hubs import hub_summary
+    import json
+
     from tlatlas.atlas.store import find_atlases, load_atlas
+    from tlatlas.atlas.summary import seed_entry
 
     stems = find_atlases(args.dir)
     if not stems:
@@ -127,14 +138,23 @@ def cmd_show(args: argparse.Namespace) -> int:
         fail(f"only shards in {args.dir}: run `tlatlas merge` first")
     m = whole[0].meta
     metric = "dlogp" if m.method == "attribution" and args.metric == "kl" else args.metric
-    rows = [(a.meta.seed, hub_summary(a.sums, metric=metric, component=args.component,
-                                      families=args.families)) for a in whole]
+    rows = [seed_entry(a, metric=metric, component=args.component, families=args.families,
+                       replicates=args.replicates) for a in whole]
+    if args.json:
+        print(json.dumps({"model": m.model, "fingerprint": m.fingerprint.to_dict(),
+                          "suite_kind": m.suite_kind, "suite_hash": m.suite_hash,
+                          "seeds": rows}, default=_json_default))
+        return 0
     print(f"model {m.model} ({m.fingerprint.short})  suite {m.suite_kind} "
           f"{m.suite_hash[:12]}  ablation {m.ablation}  method {m.method}")
     hub_table(rows)
     if whole[0].sums.has_positions:
         role_table(whole[0].sums, metric)
     return 0
+
+
+def _json_default(value):
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -173,6 +193,16 @@ def register(sub) -> None:
                    help="score only slice I of N disjoint stratified slices, 0 <= I < N "
                         "(default: the whole suite); `tlatlas merge` joins them")
     add_batch_size(p, 8)
+    p.add_argument("--positions-ablated", choices=POSITION_CHOICES, default=DEFAULT_POSITIONS,
+                   help="which positions a layer ablation touches: every position, all but "
+                        "BOS (an attention sink whose activation is the same in every "
+                        f"prompt), or BOS only (default {DEFAULT_POSITIONS})")
+    p.add_argument("--correct-only", action="store_true",
+                   help="score only examples the clean model answers right (top-1); clean "
+                        "accuracy and the n used are reported either way (default: all)")
+    p.add_argument("--min-family-examples", type=positive_int, default=2, metavar="N",
+                   help="families scored on fewer examples are left out of the hub, with a "
+                        "message (default 2)")
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR",
                    help="output directory (created if missing): seedS.atlas.json and "
                         ".safetensors per seed")
@@ -190,6 +220,11 @@ def register(sub) -> None:
                    help="which ablated component ranks the layers (default block)")
     add_families(p, "hub over these families only (e.g. json factual code arithmetic: "
                     "suite breadth)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (seeds: hub, P(hub) per layer, margin and "
+                        "agreement with 95%% CIs, layer effects with CIs) instead of the table")
+    p.add_argument("--replicates", type=positive_int, default=1000, metavar="B",
+                   help="bootstrap replicates for the intervals (default 1000)")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("merge", help="merge shards 0..n-1 into the whole-suite atlas",

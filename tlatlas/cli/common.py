@@ -243,23 +243,52 @@ def run_bar(total: int | None, desc: str):
 # --- tables -------------------------------------------------------------------------
 
 
-def hub_table(rows: list[tuple[int, object]]) -> None:
-    """Print hub, agreement and flatness per seed, then the spread across seeds."""
-    from tlatlas.atlas.hubs import seed_spread
+def hub_table(entries: list[dict]) -> None:
+    """Print one row per seed (hub, P(hub), margin and agreement with 95% CIs, the least
+    important layer), the spread across seeds (only for two or more), and what the
+    effects rest on: examples and the clean model's accuracy per family."""
+    from tlatlas.atlas.hubs import spread_of
 
-    print(f"{'seed':>6} {'hub':>4} {'effect':>9} {'agree':>6} {'least':>6} {'effect':>9}")
-    for seed, h in rows:
-        print(f"{seed:>6} {h.hub_layer:>4} {h.hub_effect:>9.4f} {h.family_agreement:>6.0%} "
-              f"{h.least_layer:>6} {h.least_effect:>9.4f}")
-    spread = seed_spread([s for s, _ in rows], [h for _, h in rows])
-    std = "n/a (one seed)" if spread.std is None else f"{spread.std:.2f}"
-    print(f"hub per seed {list(spread.hubs)}  mode L{spread.mode}  std {std}  "
-          f"(metric {rows[0][1].metric}, component {rows[0][1].component}; kl and dlogp in nats)")
-    for seed, h in rows:
-        for f, why in getattr(h, "excluded", {}).items():
-            print(f"seed {seed}: {f} left out of the hub ({why})")
-    fam = rows[0][1].family_argmax
-    print("per-family argmax (first seed): " + ", ".join(f"{f} L{layer}" for f, layer in fam.items()))
+    print(f"{'seed':>6} {'n':>5} {'hub':>4} {'P(hub)':>7} {'margin over runner-up [95% CI]':>38} "
+          f"{'agreement [95% CI]':>20} {'least':>6}")
+    for e in entries:
+        layers, effect = e["layers"], e["layer_effect"]["estimate"]
+        least = layers[min(range(len(effect)), key=effect.__getitem__)]
+        if e["hub_probability"] is None:
+            print(f"{e['seed']:>6} {e['n_examples']:>5} {e['hub_layer']:>4} {'n/a':>7} "
+                  f"{'n/a (no per-example effects)':>38} "
+                  f"{e['family_agreement']['estimate']:>8.0%} (no CI) {least:>6}")
+            continue
+        p = e["hub_probability"][layers.index(e["hub_layer"])]
+        m, a = e["hub_margin"], e["family_agreement"]
+        margin = f"{m['estimate']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] over L{e['runner_up']}"
+        agree = f"{a['estimate']:.0%} [{a['ci'][0]:.0%}, {a['ci'][1]:.0%}]"
+        print(f"{e['seed']:>6} {e.get('n_used', e['n_examples']):>5} {e['hub_layer']:>4} "
+              f"{p:>7.2f} {margin:>38} {agree:>20} {least:>6}")
+    first = entries[0]
+    if len(entries) > 1:
+        spread = spread_of([e["seed"] for e in entries], [e["hub_layer"] for e in entries],
+                           [e["family_agreement"]["estimate"] for e in entries])
+        print(f"hub per seed {list(spread.hubs)}  mode L{spread.mode}  std {spread.std:.2f}")
+    else:
+        print("one seed: no spread across seeds (P(hub) and the intervals are over examples)")
+    print(f"metric {first['metric']}, component {first['component']}, positions ablated "
+          f"{first['positions_ablated']} (kl and dlogp in nats); 95% CIs: stratified bootstrap "
+          "over examples")
+    if first.get("note"):
+        print(f"note: {first['note']}")
+    for e in entries:
+        for f, why in e["excluded_families"].items():
+            print(f"seed {e['seed']}: {f} left out of the hub ({why})")
+    clean = first["clean"]
+    print("clean top-1 accuracy, n scored (first seed): " + ", ".join(
+        f"{f} {c['accuracy']:.0%} n={c['scored']}" for f, c in clean.items()))
+    weak = [f for f, c in clean.items() if c["accuracy"] < 0.5]
+    if weak:
+        print(f"  the model answers {', '.join(weak)} mostly wrong: their effects are effects "
+              "on failures (--correct-only scores only what it answers right)")
+    print("per-family argmax (first seed): " + ", ".join(
+        f"{f} L{layer}" for f, layer in first["family_argmax"].items()))
 
 
 def role_table(sums, metric: str) -> None:
