@@ -72,7 +72,8 @@ def render(kind: str, items: list[Statement], command: str) -> str:
     if not items:
         lines.append("No result supports a statement of this kind yet.")
     for s in items:
-        lines.append(f"- {s.text} [{', '.join(f'`{p}`' for p in s.sources)}]")
+        evidence = f" ({s.evidence})" if s.evidence else ""
+        lines.append(f"- {s.text}{evidence} [{', '.join(f'`{p}`' for p in s.sources)}]")
     return "\n".join(lines) + "\n"
 
 

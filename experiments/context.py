@@ -94,8 +94,11 @@ class BlockContext:
 
     def atlas(self, *, model: int = 0, kind: str = "synthetic", ablation: str = "zero",
               positions: bool = False, layers: Sequence[int] | None = None,
-              families: Sequence[str] | None = None):
-        """The atlas of ``models[model]`` on this run's suite, computed once and kept on disk."""
+              families: Sequence[str] | None = None, positions_ablated: str | None = None):
+        """The atlas of ``models[model]`` on this run's suite, computed once and kept on disk.
+
+        ``positions_ablated`` defaults to the block's ``positions_ablated`` parameter, else
+        the library default (:class:`~tlatlas.atlas.config.AtlasConfig`)."""
         from tlatlas.atlas.config import AtlasConfig
         from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
         from tlatlas.atlas.store import atlas_paths, load_atlas, save_atlas
@@ -104,9 +107,11 @@ class BlockContext:
         fams = families if families is not None else self.params.get("families")
         spec = SuiteSpec(kind=kind, seed=self.seed, per_family=self.params.get("per_family"),
                          families=tuple(fams) if fams else None)
+        policy = positions_ablated or self.params.get("positions_ablated")
         config = AtlasConfig(ablation=ablation, positions=positions,
                              layers=tuple(layers) if layers is not None else None,
-                             batch_size=int(self.params.get("batch_size", 8)))
+                             batch_size=int(self.params.get("batch_size", 8)),
+                             **({"positions_ablated": policy} if policy else {}))
         key = json.dumps({"w": loaded.fingerprint.weights_sha256, "spec": repr(spec),
                           "config": repr(config), "code": self.code_version}, sort_keys=True)
         stem = (self.root / ARTIFACTS_DIR / Path(loaded.fingerprint.weights_sha256[:12])

@@ -23,16 +23,19 @@ import os
 from experiments.blocks.base import (
     BLOCKS,
     SIZES,
+    VERDICTS,
     Block,
     Cost,
     Statement,
     by_model_size,
+    judged,
     register_block,
     size_costs,
 )
 
-__all__ = ["BLOCKS", "PLUGINS_ENV", "SIZES", "Block", "Cost", "Statement", "all_blocks",
-           "by_model_size", "register_block", "select_blocks", "size_costs"]
+__all__ = ["BLOCKS", "PLUGINS_ENV", "SIZES", "VERDICTS", "Block", "Cost", "Statement",
+           "all_blocks", "by_model_size", "judged", "register_block", "select_blocks",
+           "size_costs"]
 
 PLUGINS_ENV = "TLATLAS_EXPERIMENT_PLUGINS"
 _loaded = False

@@ -38,7 +38,13 @@ def size_costs(smoke: float, small: float, full: float, *, memory: float = 2.0,
 
 @dataclass(frozen=True, kw_only=True)
 class Statement:
-    """One sentence of claims.md / threats.md / gems.md, backed by results."""
+    """One sentence of claims.md / threats.md / gems.md, backed by results.
+
+    A claim carries the evidence it rests on: ``n``, a 95% interval ``ci`` and a
+    ``verdict`` reached by the rule its block's docstring states. A gem is a supported
+    finding only. A statement computed at smoke size says so (its verdict is
+    ``smoke: not evidence``) and is never a gem.
+    """
 
     kind: str
     """``claim``, ``threat`` or ``gem``."""
@@ -46,12 +52,56 @@ class Statement:
     """The sentence, with the measured values written into it."""
     sources: tuple[str, ...]
     """Result files (relative to the experiments root) the values come from."""
+    n: int | None = None
+    """Observations the statement rests on (examples, pairs, seeds x prompts)."""
+    ci: tuple[float, float] | None = None
+    """95% interval of the statistic the verdict is about."""
+    verdict: str | None = None
+    """One of :data:`VERDICTS`."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("claim", "threat", "gem"):
             raise ValueError(f"statement kind must be claim, threat or gem, got {self.kind!r}")
         if not self.sources:
             raise ValueError("a statement must cite at least one result file")
+        if self.verdict is not None and self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.kind == "claim" and (self.n is None or self.verdict is None):
+            raise ValueError(f"a claim needs n and a verdict: {self.text}")
+        if self.kind == "gem" and self.verdict != "supported":
+            raise ValueError(f"a gem must be a supported finding (verdict {self.verdict!r}): "
+                             f"{self.text}")
+
+    @property
+    def evidence(self) -> str:
+        """``n = 120, 95% CI [0.10, 0.32]; supported`` (empty for a bare threat)."""
+        parts = []
+        if self.n is not None:
+            parts.append(f"n = {self.n}")
+        if self.ci is not None:
+            parts.append(f"95% CI [{self.ci[0]:.3g}, {self.ci[1]:.3g}]")
+        head = ", ".join(parts)
+        if self.verdict is None:
+            return head
+        return f"{head}; {self.verdict}" if head else self.verdict
+
+
+VERDICTS = ("supported", "contradicted", "inconclusive", "smoke: not evidence",
+            "not testable here")
+"""What a claim can conclude. The rule that reaches one is in each block's docstring."""
+
+
+def judged(text: str, interval, *, size: str, sources: tuple[str, ...], kind: str = "claim",
+           smoke_sizes: tuple[str, ...] = ("smoke",)) -> Statement:
+    """A claim about ``interval`` (a :class:`tlatlas.stats.Interval`): supported when its
+    95% CI lies above 0, contradicted when below, else inconclusive (the default rule);
+    at smoke size never evidence."""
+    from tlatlas.stats import verdict
+
+    v = verdict(interval, smoke=size in smoke_sizes)
+    return Statement(kind=kind if kind != "gem" or v == "supported" else "claim", text=text,
+                     sources=sources, n=interval.n, ci=(interval.ci_low, interval.ci_high),
+                     verdict=v)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,8 +23,11 @@ def test_real_blocks_on_a_tiny_model_and_claims_cite_existing_results(tiny_dirs,
     assert all(x > 0 for x in kinds["max_effect"].values())
     hub = read_record(root, ResultKey(block="hub-replication", model=model, seed=42, size="smoke"))
     v = hub["value"]
-    assert v["n_layers"] == 3 and v["n_examples"] == 12
-    assert 0 <= v["kl"]["hub_layer"] < 3 and v["kl"]["hub_effect"] >= v["kl"]["least_effect"]
+    assert v["n_layers"] == 3 and v["n_examples"] == 24
+    effect = v["kl"]["layer_effect"]["estimate"]
+    assert 0 <= v["kl"]["hub_layer"] < 3 and effect[v["kl"]["hub_layer"]] == max(effect)
+    assert sum(v["kl"]["hub_probability"]) == pytest.approx(1.0)
+    assert v["kl"]["hub_margin"]["ci"][0] <= v["kl"]["hub_margin"]["ci"][1]
     assert hub["fingerprints"][0]["n_layers"] == 3 and hub["value"]["artifacts"]
     other = read_record(root, ResultKey(block="hub-replication", model=model, seed=137,
                                         size="smoke"))
@@ -37,9 +40,13 @@ def test_real_blocks_on_a_tiny_model_and_claims_cite_existing_results(tiny_dirs,
         cited += re.findall(r"`(results/[^`]+\.json)`", text)
     assert cited and all((root / c).is_file() for c in cited)
     claims = paths["claim"].read_text()
-    assert f"is L{v['kl']['hub_layer']} of 3" in claims
+    assert f"the zero-ablation hub is L{v['kl']['hub_layer']} of 3" in claims
     assert "t-fast-a doubled seed 137 to 274" in claims
-    assert "hub by ablation kind zero L" in claims
+    assert "zero ablation is more destructive than mean ablation" in claims
+    # every claim carries its n, interval and verdict; at smoke size it is never evidence
+    lines = [x for x in claims.splitlines() if x.startswith("- ")]
+    assert lines and all("n = " in x and "smoke: not evidence" in x for x in lines)
+    assert "No result supports" in paths["gem"].read_text()  # no gem from a smoke run
     # a result that is removed takes its statements with it
     (root / ResultKey(block="t-fast-a", model=model, seed=137, size="smoke").relpath).unlink()
     assert "seed 137 to 274" not in write_claims(root)["claim"].read_text()

@@ -52,7 +52,7 @@ def _die_once(ctx):
 
 
 def _summarize(results):
-    return [Statement(kind="claim", sources=(r["path"],),
+    return [Statement(kind="claim", sources=(r["path"],), n=1, verdict="smoke: not evidence",
                       text=f"t-fast-a doubled seed {r['seed']} to {r['value']['double_seed']}.")
             for r in results.get("t-fast-a", [])]
 
