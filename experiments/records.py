@@ -2,8 +2,9 @@
 
 A record is valid for a rerun when the block, model weights, seed, size, parameters,
 suite hash and code version all match; ``--force`` recomputes regardless. The code version
-hashes the source of ``tlatlas``, ``bridges`` and ``experiments``: any change to the code
-that computed a number invalidates it.
+of a block hashes the source it depends on: its module's import closure and the runner's
+context (:mod:`experiments.provenance`), so a change to the code that computed a number
+invalidates it, and a change elsewhere does not.
 """
 
 import hashlib
@@ -23,19 +24,30 @@ RESULTS_DIR = "results"
 STATUSES = ("ok", "failed")
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """``<package version>+<sha256 of the .py sources of tlatlas, bridges, experiments>``."""
-    import bridges
-    import experiments
+CONTEXT_MODULES = ("experiments.context", "experiments.records")
+"""Modules every block's result also depends on (how atlases are built and cached)."""
 
-    digest = hashlib.sha256()
-    for pkg in (tlatlas, bridges, experiments):
-        root = Path(pkg.__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            digest.update(str(path.relative_to(root.parent)).encode())
-            digest.update(path.read_bytes())
-    return f"{tlatlas.__version__}+{digest.hexdigest()[:12]}"
+
+@lru_cache(maxsize=None)
+def code_version(module: str | None = None) -> str:
+    """``<package version>+<sha256 of the source the block in ``module`` depends on>``.
+
+    Without ``module``: the hash of every source file of ``tlatlas``, ``bridges`` and
+    ``experiments`` (what any block could depend on)."""
+    from experiments.provenance import source_hash
+
+    if module is None:
+        import bridges
+        import experiments
+
+        digest = hashlib.sha256()
+        for pkg in (tlatlas, bridges, experiments):
+            root = Path(pkg.__file__).parent
+            for path in sorted(root.rglob("*.py")):
+                digest.update(str(path.relative_to(root.parent)).encode())
+                digest.update(path.read_bytes())
+        return f"{tlatlas.__version__}+{digest.hexdigest()[:12]}"
+    return f"{tlatlas.__version__}+{source_hash((module, *CONTEXT_MODULES))}"
 
 
 def _slug(text: str) -> str:

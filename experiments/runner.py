@@ -68,8 +68,8 @@ def plan(blocks: Sequence[Block], models: Sequence[str], seeds: Sequence[int], s
     """Every task, and whether it would run, reuse a cached result, or be skipped."""
     tasks: list[Task] = []
     shas = {m: _weights_sha(m) for m in models}
-    version = code_version()
     for block in blocks:
+        version = code_version(block.run.__module__)
         groups = [tuple(models)] if block.models == 2 else [(m,) for m in models]
         for group in groups:
             for seed in (seeds if block.seeded else seeds[:1]):

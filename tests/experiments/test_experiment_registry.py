@@ -64,3 +64,28 @@ def test_registry_and_claims_clis_take_root_from_any_directory(tmp_path):
         "claims.md", "gems.md", "registry.jsonl", "registry.jsonl.lock", "threats.md"]
     assert f"python -m experiments.claims --root {root}" in (root / "claims.md").read_text()
     assert files_under(elsewhere) == []
+
+
+def test_a_blocks_code_version_hashes_what_it_imports_and_nothing_else():
+    from pathlib import Path
+
+    import experiments
+    from experiments.provenance import closure
+    from experiments.records import CONTEXT_MODULES, code_version
+
+    repo = Path(experiments.__file__).resolve().parents[1]
+
+    def files(module):
+        return {p.resolve().relative_to(repo).as_posix()
+                for p in closure((module, *CONTEXT_MODULES))}
+
+    atlas = files("experiments.blocks.atlas_blocks")
+    assert "tlatlas/atlas/hubs.py" in atlas and "tlatlas/atlas/sweep.py" in atlas
+    assert "tlatlas/models/forward.py" in atlas  # through the lazy imports of the sweep
+    assert not any(p.startswith(("tlatlas/cli/", "tlatlas/viz/", "tlatlas/steering/"))
+                   for p in atlas)
+    assert "experiments/blocks/lora_blocks.py" not in atlas  # a sibling block
+    steering = files("experiments.blocks.steering_blocks")
+    assert "tlatlas/steering/sweep.py" in steering
+    assert code_version("experiments.blocks.atlas_blocks") != code_version(
+        "experiments.blocks.steering_blocks")

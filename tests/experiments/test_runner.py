@@ -150,6 +150,6 @@ def test_changed_suite_hash_or_code_version_invalidates_a_cached_result(
         m.setattr(runner, "suite_hash", lambda params, seed: "another-suite")
         assert actions() == [("run", "provenance changed (weights, suite, params or code)")]
     with monkeypatch.context() as m:
-        m.setattr(runner, "code_version", lambda: "0.1.0+changed")
+        m.setattr(runner, "code_version", lambda module=None: "0.1.0+changed")
         assert actions()[0][0] == "run"
     assert actions() == [("cached", "")]
