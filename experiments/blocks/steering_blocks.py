@@ -6,12 +6,23 @@ Smoke size (CPU, SmolLM2-135M, one seed):
     python -m experiments.run --model smollm2-135m --size smoke \\
         --blocks quant-speed,steer-controls,steer-quant
     python -m experiments.run --models smollm2-135m gemma3-270m --size smoke --blocks steer-transfer
+
+Verdicts. These blocks record means over examples (and, for timings, one measurement), not
+per-example values, so they have no interval yet: every claim carries its n and the
+verdict *inconclusive* (no interval), or *smoke: not evidence* at smoke size, and none is
+a gem. Per-example steerability with intervals is the steering rework of issue 15.
 """
 
 from experiments.blocks.base import Block, Statement, by_model_size, register_block, size_costs
 from experiments.context import release_models
 
 QUANT_PRECISIONS = ("fp32", "bf16", "nf4-fp32", "nf4-bf16", "int8")
+
+
+def _claim(text: str, n: int, size: str, sources: tuple[str, ...]) -> Statement:
+    """A claim without an interval (the block's stated rule): never evidence on its own."""
+    return Statement(kind="claim", text=text, sources=sources, n=int(n),
+                     verdict="smoke: not evidence" if size == "smoke" else "inconclusive")
 
 
 def _sized(smoke: dict, small: dict, full: dict) -> dict:
@@ -76,17 +87,19 @@ def summarize_quant_speed(results: dict[str, list[dict]]) -> list[Statement]:
     for (model, size), recs in by_model_size(results.get("quant-speed", [])).items():
         r = recs[0]
         p = {row["precision"]: row for row in r["value"]["precisions"]}
-        out.append(Statement(kind="claim", sources=(r["path"],), text=(
+        n = r["value"]["n_examples"]
+        out.append(_claim(
             f"{model} ({size}): forward time relative to {r['value']['reference']} on the same "
-            f"{r['value']['n_examples']} prompts: " + ", ".join(
+            f"{n} prompts: " + ", ".join(
                 f"{k} {v['slowdown']:.2f}x (KL {v['kl_vs_first']:.4f} nats, top-1 agreement "
-                f"{v['top1_agreement']:.0%})" for k, v in p.items()) + ".")))
+                f"{v['top1_agreement']:.0%})" for k, v in p.items()), n, size, (r["path"],)))
         if "nf4-fp32" in p and "int8" in p:
             faster = "NF4" if p["nf4-fp32"]["forward_s"] < p["int8"]["forward_s"] else "int8"
-            out.append(Statement(kind="gem", sources=(r["path"],), text=(
+            out.append(_claim(
                 f"{model} ({size}): {faster} is the faster quantized copy on this device "
                 f"(NF4/fp32-compute {p['nf4-fp32']['forward_s']:.3f}s vs int8 "
-                f"{p['int8']['forward_s']:.3f}s per pass).")))
+                f"{p['int8']['forward_s']:.3f}s per pass, one timing each)", n, size,
+                (r["path"],)))
     return out
 
 
@@ -144,13 +157,14 @@ def summarize_steer_controls(results: dict[str, list[dict]]) -> list[Statement]:
             best = max(range(len(ratio)), key=lambda i: ratio[i])
             kl = v["mean_kl"][0]
             top = v["scales"].index(v["top_scale"])
-            out.append(Statement(kind="claim", sources=(r["path"],), text=(
+            out.append(_claim(
                 f"{model} ({size}, seed {r['seed']}): at scale {v['top_scale']:+g} the "
                 f"difference-of-means vector moves the next-token distribution most at layer "
                 f"L{v['layers'][max(range(len(kl)), key=lambda i: kl[i][top])]} "
                 f"(KL {max(row[top] for row in kl):.3f} nats); relative to norm-matched random "
                 f"directions it is strongest at L{v['layers'][best]} ({ratio[best]:.1f}x the "
-                f"random KL of {v['random_kl'][0][best][top]:.3f} nats).")))
+                f"random KL of {v['random_kl'][0][best][top]:.3f} nats)", v["n_examples"], size,
+                (r["path"],)))
             weak = [v["layers"][i] for i, x in enumerate(ratio) if x < 1.5]
             if weak:
                 out.append(Statement(kind="threat", sources=(r["path"],), text=(
@@ -199,18 +213,17 @@ def summarize_steer_quant(results: dict[str, list[dict]]) -> list[Statement]:
                    for i, p in enumerate(v["precisions"])}
             mean_amp = {p: sum(x for x in a if x == x) / max(sum(x == x for x in a), 1)
                         for p, a in amp.items()}
-            out.append(Statement(kind="claim", sources=(r["path"],), text=(
+            out.append(_claim(
                 f"{model} ({size}, seed {r['seed']}): amplification (quantized KL / fp32 KL, "
                 f"same fp32-computed vectors, scale {v['top_scale']:+g}, mean over layers "
                 f"{v['layers']}): " + ", ".join(f"{p} {a:.2f}" for p, a in mean_amp.items())
                 + "; forward slowdown " + ", ".join(
-                    f"{p} {s:.2f}x" for p, s in zip(v["precisions"], v["slowdown"], strict=True))
-                + ".")))
+                    f"{p} {s:.2f}x" for p, s in zip(v["precisions"], v["slowdown"], strict=True)),
+                v["n_examples"], size, (r["path"],)))
             nf4 = [p for p in ("nf4-fp32", "nf4-bf16") if p in mean_amp]
             if len(nf4) == 2:
                 gap = abs(mean_amp["nf4-fp32"] - mean_amp["nf4-bf16"])
-                out.append(Statement(kind="threat" if gap > 0.1 else "gem", sources=(r["path"],),
-                                     text=(
+                out.append(Statement(kind="threat", sources=(r["path"],), text=(
                     f"{model} ({size}, seed {r['seed']}): NF4 with fp32 compute amplifies "
                     f"{mean_amp['nf4-fp32']:.2f}x and NF4 with bf16 compute "
                     f"{mean_amp['nf4-bf16']:.2f}x: "
@@ -259,11 +272,12 @@ def summarize_steer_transfer(results: dict[str, list[dict]]) -> list[Statement]:
         top = max(range(len(v["scales"])), key=lambda i: abs(v["scales"][i]))
         rows = [(p, r2, own[top], tr[top], rnd[top]) for p, r2, own, tr, rnd in zip(
             v["pairs"], v["r2"], v["own_kl"], v["transferred_kl"], v["random_kl"], strict=True)]
-        out.append(Statement(kind="claim", sources=(r["path"],), text=(
+        out.append(_claim(
             f"steering transfer {v['meta']['model_a']} -> {v['meta']['model_b']} ({r['size']}, "
             f"seed {r['seed']}), scale {v['scales'][top]:+g}: " + "; ".join(
-                f"L{a}->L{b} held-out R² {r2:.2f}, KL own {o:.3f} / transferred {t:.3f} / "
-                f"random {x:.3f}" for (a, b), r2, o, t, x in rows) + " nats.")))
+                f"L{a}->L{b} held-out R² {r2:.2f} (n = held-out samples), KL own {o:.3f} / transferred {t:.3f} / "
+                f"random {x:.3f}" for (a, b), r2, o, t, x in rows) + " nats",
+            min(v["n_test"]) if v.get("n_test") else 0, r["size"], (r["path"],)))
     return out
 
 
