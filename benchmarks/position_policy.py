@@ -30,6 +30,8 @@ def main(argv=None) -> int:
                    help="models to measure (default: both embedded models)")
     p.add_argument("--per-family", type=int, default=4,
                    help="examples per family, stratified sample of the synthetic suite (default 4)")
+    p.add_argument("--ablations", nargs="+", choices=list(ABLATION_KINDS),
+                   default=list(ABLATION_KINDS), help="ablation kinds (default: all three)")
     p.add_argument("--seed", type=int, default=42, help="suite seed (default 42)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per forward (default 8)")
     p.add_argument("--out", type=Path, required=True, help="directory for atlases and tables")
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
     rows = []
     for name in args.models:
         model = load_model(name, device="cpu")
-        for kind in ABLATION_KINDS:
+        for kind in args.ablations:
             for policy in POSITION_POLICIES:
                 stem = args.out / name / f"{kind}-{policy}-seed{args.seed}"
                 if atlas_paths(stem)[1].exists():

@@ -42,7 +42,7 @@ class AtlasConfig:
     """Layers to sweep (default all)."""
     resample_seed: int = 0
     """Seed of the donor draws of resample ablation."""
-    positions_ablated: PositionPolicy = "all"
+    positions_ablated: PositionPolicy = "all-but-bos"
     """Which positions a layer ablation touches: ``all``, ``all-but-bos`` or ``bos-only``
     (see :data:`tlatlas.atlas.ablation.POSITION_POLICIES`; the default is chosen by
     measurement, docs/atlas.md). Position maps ablate one position at a time regardless."""

@@ -20,7 +20,7 @@ from tlatlas.cli.common import (
 
 POSITION_CHOICES = ["all", "all-but-bos", "bos-only"]
 """tlatlas.atlas.ablation.POSITION_POLICIES, spelled out so `--help` does not import torch."""
-DEFAULT_POSITIONS = "all"
+DEFAULT_POSITIONS = "all-but-bos"
 """AtlasConfig's default (tests check both stay in step with the library)."""
 
 
