@@ -18,7 +18,11 @@ which PEFT resizes by its final rank pattern.
 Schedule, from ``TrainConfig.steps`` (= PEFT's ``total_step``): ``tinit = steps // 10``
 warm-up steps at ``init_r``, a cubic budget decrease, and ``tfinal = max(1, steps // 5)``
 final steps at the fixed final allocation (at least one, so that the final allocation
-happens at all).
+happens at all). The strategy study runs AdaLoRA only from
+``bridges.studies.MIN_ADALORA_STEPS`` (50) steps: >= 5 warm-up steps for the importance
+estimates, >= 35 pruning steps and >= 10 at the final allocation; at 4 steps (tinit 0,
+tfinal 1) its singular values, which start at 0, barely move and a ranking would mean
+nothing.
 """
 
 import math
@@ -167,7 +171,7 @@ def final_accounting(peft_model, plan: AdaLoraPlan) -> tuple[dict[str, int], int
 
 
 def train_adalora(source, plan: AdaLoraPlan, config: TrainConfig, *, device=None,
-                  on_step=None) -> AdaLoraResult:
+                  before: tuple[float, float] | None = None, on_step=None) -> AdaLoraResult:
     """Train ``plan`` with bridges.train's loop, reallocating ranks after every step."""
     if config.steps != plan.total_step:
         raise InvalidInputError(f"plan is scheduled for {plan.total_step} steps, config has {config.steps}")
@@ -181,7 +185,7 @@ def train_adalora(source, plan: AdaLoraPlan, config: TrainConfig, *, device=None
     # the loop optimizes the PEFT model's labels= loss, to which AdaLoRA adds
     # ``orth_reg_weight`` x its orthogonal regularisation itself
     result = train_lora(source, plan, config, device=device, on_step=on_step,
-                        after_step=allocate)
+                        after_step=allocate, before=before)
     ranks, effective, saved = final_accounting(seen["model"], plan)
     return AdaLoraResult(train=result, initial_params=result.trainable_params,
                          final_params=effective, peft_final_params=saved, final_ranks=ranks)

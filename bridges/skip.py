@@ -1,21 +1,25 @@
 """Study (c), layer skip (DESIGN §5): drop blocks, measure the damage, try to recover it.
 
 Skipping block L puts the identity in its place: ``resid_post[L] = resid_pre[L]``. That is
-exactly the atlas's zero ablation of the ``block`` component at L (the block's whole write
-set to 0), so a one-block skip's KL is the atlas's block effect of that layer; skipping
-several blocks at once is what the atlas does not measure.
+exactly the atlas's zero ablation of the ``block`` component at L at *every* position (the
+block's whole write set to 0), so a one-block skip's KL is the block effect of an atlas
+with ``positions_ablated="all"``; skipping several blocks at once is what the atlas does
+not measure.
 
 Measured at the scored position (the last prompt token) of held-out prompts, against the
 *full* model every time:
 
 - top-5 overlap: ``|top5_full ∩ top5_skipped| / 5``, mean over prompts (1 = same top 5);
-- KL(p_full || p_skipped) in nats, mean over prompts.
+- KL(p_full || p_skipped) in nats, per prompt and its mean.
 
-Skip sets of size ``k``: the ``k`` layers whose block ablation the atlas rates least
-important (family-averaged KL), and ``k`` layers drawn at random (seeded). Each skipped
-model then gets a short recovery LoRA fine-tune on the remaining layers (bridges.train on
-family ``any``; its held-out prompts are the ones measured here, never trained on), and is
-measured again.
+:func:`layer_skip_study` puts the atlas's skip set (the ``k`` layers whose block ablation
+it rates least important, family-averaged KL) in the distribution of all same-size sets
+(or ``max_sets`` random ones; bridges.skip_sets): its percentile of KL, with Block
+Influence's set (the ``k`` lowest 1 - cos(resid_pre, resid_post), ShortGPT) as the
+baseline, and paired per-prompt differences with 95% CIs. The atlas's set and a random
+one are then recovered by LoRA on the remaining layers, by default distilled to the full
+model's next-token distribution (bridges.distill) on the training prompts of every family,
+and measured again on the held-out prompts (never trained on).
 
 Smoke size (CPU, SmolLM2-135M, a few minutes)::
 
@@ -23,26 +27,37 @@ Smoke size (CPU, SmolLM2-135M, a few minutes)::
         --n-train 8 --n-heldout 2 --out skip.json
 """
 
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
+from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from bridges.distill import distill_lora
 from bridges.export import plan_for_layers
+from bridges.influence import block_influence
 from bridges.names import MODULES
-from bridges.train import TrainConfig, evaluate, split, train_lora
+from bridges.skip_sets import DEFAULT_MAX_SETS, per_prompt_kl, percentile, set_kls, skip_sets
+from bridges.train import TrainConfig, answer_nll, evaluate, lm_batch, split, train_lora
 from tlatlas.atlas.sums import AtlasSums, mean_effect
 from tlatlas.errors import InvalidInputError, OutOfRangeError
 from tlatlas.metrics import effects
+from tlatlas.stats import paired_difference
 from tlatlas.tasks import Example
 from tlatlas.tokens import encode_batch
 
-DEFAULT_RECOVERY = TrainConfig(family="any", steps=30, n_train=8, n_heldout=2)
+DEFAULT_RECOVERY = TrainConfig(family="any", steps=40, n_train=16, n_heldout=8, lr=1e-3)
+"""Recovery fine-tune: 16 training and 8 held-out prompts per family (192 and 96 over the
+twelve families), 40 distillation steps of 8 texts."""
 TOP = 5
+Objective = Literal["distill", "lm"]
+OBJECTIVES: tuple[str, ...] = ("distill", "lm")
+"""Recovery objectives: distillation to the full model, or the answers' LM loss."""
 
 
 CACHE_KWARGS = ("cache", "past_key_values")
@@ -143,6 +158,14 @@ def skip_measures(full: Float[Tensor, "batch d_vocab"], other: Float[Tensor, "ba
             "kl": float(effects(full, other, target).kl.mean())}
 
 
+def lowest_influence(bi: Float[Tensor, " layer"], k: int) -> list[int]:
+    """The ``k`` layers with the smallest Block Influence (ShortGPT's skip choice; ties:
+    lower layer)."""
+    if not 0 <= k <= bi.shape[0]:
+        raise InvalidInputError(f"k must be in 0..{bi.shape[0]}, got {k}")
+    return sorted(sorted(range(bi.shape[0]), key=lambda i: (float(bi[i]), i))[:k])
+
+
 def _load(source, device):
     from transformers import AutoTokenizer
 
@@ -152,62 +175,140 @@ def _load(source, device):
             AutoTokenizer.from_pretrained(str(weights_dir(source))))
 
 
+def _answer_loss(hf_model, tokenizer, examples: Sequence[Example]) -> float:
+    """Held-out answer loss pooled over answer tokens (nats); no generation (cheap)."""
+    total, n = 0.0, 0
+    for i in range(0, len(examples), 8):
+        s, c = answer_nll(hf_model, *lm_batch(examples[i:i + 8], tokenizer))
+        total, n = total + float(s.sum()), n + int(c.sum())
+    return total / max(n, 1)
+
+
 def skip_and_recover(source, model, layers: Sequence[int], recovery: TrainConfig, *,
                      modules: Sequence[str] = MODULES, rank: int = 8, device=None,
-                     reference: Tensor | None = None,
+                     reference: Tensor | None = None, teacher: nn.Module | None = None,
+                     objective: Objective = "distill",
                      on_step: Callable[[int, float], None] | None = None) -> dict:
     """Skip ``layers`` of a fresh fp32 copy of ``source``; measure; recover with LoRA; measure.
 
     ``model`` (a LoadedModel of ``source``) names the modules; ``reference`` is the full
-    model's scored logits on the held-out prompts (computed when None).
+    model's scored logits on the held-out prompts and ``teacher`` the full model (both
+    computed or loaded when None). ``objective``: ``distill`` trains towards the full
+    model's next-token distributions (bridges.distill); ``lm`` trains on the answers
+    (bridges.train). Per-prompt KL before and after is recorded, with the paired
+    interval of the drop (``recovery``: KL before - after, positive = recovered).
     """
+    if objective not in OBJECTIVES:
+        raise InvalidInputError(f"unknown recovery objective {objective!r}; choose "
+                                f"{', '.join(OBJECTIVES)}")
     hf, tokenizer = _load(source, device)
     held = split(recovery)[1]
+    if teacher is None and (reference is None or objective == "distill"):
+        teacher = _load(source, device)[0]
     if reference is None:
-        reference = scored_logits(hf, tokenizer, held)
+        reference = scored_logits(teacher, tokenizer, held)
     kept = [layer for layer in range(model.n_layers) if layer not in set(layers)]
-    row = {"layers_skipped": sorted(layers), "k": len(layers)}
+    row = {"layers_skipped": sorted(layers), "k": len(layers), "objective": objective}
     with skipped_blocks(hf, layers, path=blocks_path(model)):
-        row["before"] = skip_measures(reference, scored_logits(hf, tokenizer, held))
+        logits_before = scored_logits(hf, tokenizer, held)
+        before = per_prompt_kl(reference, logits_before)
+        row["before"] = skip_measures(reference, logits_before)
+        row["kl_before_per_prompt"] = before.tolist()
         if not kept or recovery.steps == 0:
             return row
         plan = plan_for_layers(model, "recovery", kept, modules=modules, rank=rank)
-        result = train_lora(source, plan, recovery, base=hf, on_step=on_step)
+        if objective == "distill":
+            loss_before = _answer_loss(hf, tokenizer, held)
+            result = distill_lora(hf, teacher, tokenizer, plan, recovery, on_step=on_step)
+            trained = {"heldout_loss_before": loss_before,
+                       "heldout_loss_after": _answer_loss(hf, tokenizer, held)}
+        else:
+            result = train_lora(source, plan, recovery, base=hf, on_step=on_step)
+            trained = {"heldout_loss_before": result.heldout_loss_before,
+                       "heldout_loss_after": result.heldout_loss_after,
+                       "exact_match_before": result.exact_match_before,
+                       "exact_match_after": result.exact_match_after}
         # PEFT injected the trained adapters into ``hf`` in place
-        row["after"] = skip_measures(reference, scored_logits(hf, tokenizer, held))
+        logits_after = scored_logits(hf, tokenizer, held)
+        after = per_prompt_kl(reference, logits_after)
+        row["after"] = skip_measures(reference, logits_after)
+        row["kl_after_per_prompt"] = after.tolist()
+    strata = _strata(held)
     row.update(trainable_params=result.trainable_params, modules=list(modules), rank=rank,
-               heldout_loss_before=result.heldout_loss_before,
-               heldout_loss_after=result.heldout_loss_after,
-               exact_match_before=result.exact_match_before,
-               exact_match_after=result.exact_match_after)
+               train_losses=list(result.losses),
+               recovery=paired_difference(before, after, strata=strata).to_dict(), **trained)
     return row
+
+
+def _strata(examples: Sequence[Example]) -> Tensor:
+    index = {f: i for i, f in enumerate(sorted({ex.family for ex in examples}))}
+    return torch.tensor([index[ex.family] for ex in examples])
 
 
 def layer_skip_study(source, model, atlas_sums: AtlasSums, *, k: int, seed: int = 0,
                      recovery: TrainConfig = DEFAULT_RECOVERY, modules: Sequence[str] = MODULES,
-                     rank: int = 8, device=None,
+                     rank: int = 8, device=None, max_sets: int = DEFAULT_MAX_SETS,
+                     objective: Objective = "distill",
                      on_run: Callable[[str], None] | None = None,
                      on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Atlas-chosen vs random skip sets of size ``k``: measures before and after recovery.
+    """The atlas's skip set of size ``k`` against every (or ``max_sets`` random) same-size
+    set, Block Influence's set and a random one; then recovery of the atlas's and the
+    random set.
 
-    ``recovery`` is the fine-tune (family ``any`` by default; its seed is set to ``seed``).
-    Also returns the full model's held-out loss and exact match as the reference.
+    ``recovery`` is the fine-tune (family ``any`` by default; its seed is set to ``seed``);
+    its held-out prompts are the ones every KL is measured on, its training prompts the
+    ones distillation (and Block Influence) sees. Returns ``rows`` (recovered sets),
+    ``sets`` (each chosen set's layers, mean KL, per-prompt KL and percentile),
+    ``distribution`` (the sets measured and their mean KL), ``comparisons`` (paired
+    per-prompt KL differences: the random sets' mean minus the atlas's, Block Influence's
+    minus the atlas's; positive = the atlas's set is safer) and the full model's
+    held-out loss and exact match.
     """
     recovery = replace(recovery, seed=seed)
-    hf, tokenizer = _load(source, device)
-    held = split(recovery)[1]
-    reference = scored_logits(hf, tokenizer, held)
-    full_loss, full_em = evaluate(hf, tokenizer, held)
-    del hf
-    sets = {"atlas": least_important(atlas_sums, k),
-            "random": random_layers(model.n_layers, k, seed)}
+    teacher, tokenizer = _load(source, device)
+    train, held = split(recovery)
+    reference = scored_logits(teacher, tokenizer, held)
+    full_loss, full_em = evaluate(teacher, tokenizer, held)
+    path = blocks_path(model)
+    strata = _strata(held)
+    if on_run is not None:
+        on_run("Block Influence")
+    bi = block_influence(model, train)
+    chosen = {"atlas": least_important(atlas_sums, k), "block-influence": lowest_influence(bi, k),
+              "random": random_layers(model.n_layers, k, seed)}
+    if on_run is not None:
+        on_run(f"distribution of skip sets of {k}")
+    sets, exhaustive = skip_sets(model.n_layers, k, max_sets=max_sets, seed=seed)
+    dist = set_kls(teacher, tokenizer, held, reference, sets, path=path)
+    chosen_kl = set_kls(teacher, tokenizer, held, reference, list(chosen.values()), path=path)
+    summary = {}
+    for (name, layers), kl in zip(chosen.items(), chosen_kl, strict=True):
+        summary[name] = {"layers": layers, "kl": float(kl.mean()), "kl_per_prompt": kl.tolist(),
+                         "percentile": percentile(kl, dist, strata=strata).to_dict()}
+    atlas_kl = chosen_kl[0]
+    comparisons = {
+        "random_sets_minus_atlas": paired_difference(dist.mean(0), atlas_kl,
+                                                     strata=strata).to_dict(),
+        "block_influence_minus_atlas": paired_difference(chosen_kl[1], atlas_kl,
+                                                         strata=strata).to_dict()}
     rows = []
-    for name, layers in sets.items():
+    for name in ("atlas", "random"):
         if on_run is not None:
-            on_run(f"skip {name} {layers}")
-        row = skip_and_recover(source, model, layers, recovery, modules=modules, rank=rank,
-                               device=device, reference=reference, on_step=on_step)
+            on_run(f"skip {name} {chosen[name]}")
+        row = skip_and_recover(source, model, chosen[name], recovery, modules=modules,
+                               rank=rank, device=device, reference=reference, teacher=teacher,
+                               objective=objective, on_step=on_step)
         rows.append({"skip_set": name, "seed": seed, **row})
     return {"rows": rows, "k": k, "seed": seed, "n_prompts": len(held),
+            "families": sorted({ex.family for ex in held}),
             "full": {"heldout_loss": full_loss, "exact_match": full_em},
-            "recovery": {**asdict(recovery), "modules": list(modules), "rank": rank}}
+            "sets": summary, "comparisons": comparisons,
+            "comparison": "per-prompt KL(full || skipped) at the scored position; other minus "
+                          "atlas, positive = the atlas's set is safer; paired bootstrap over "
+                          "held-out prompts, stratified by family",
+            "distribution": {"n_sets": len(sets), "exhaustive": exhaustive,
+                             "total_sets": math.comb(model.n_layers, k),
+                             "sets": [list(x) for x in sets],
+                             "mean_kl": dist.mean(1).tolist()},
+            "recovery": {**asdict(recovery), "modules": list(modules), "rank": rank,
+                         "objective": objective}}

@@ -5,7 +5,10 @@ optimizer steps done, e.g. 0, N/2, N), merge the adapter into a copy of the mode
 TransformerBridge on the merged copy, and build its atlas on a fixed suite
 (tlatlas.pipeline.build_atlas). Reported per checkpoint: the hub, family agreement, each
 family's argmax layer, the family-averaged block effect of every layer, and the Spearman
-correlation of that layer-effect vector with the step-0 atlas's.
+correlation of that layer-effect vector with the step-0 atlas's, and the *lock-in margin*:
+how far the step-0 hub's effect lies above the best other layer's at that checkpoint, with
+a bootstrap CI over the atlas's examples (:func:`layer_margin`; positive = the step-0 hub
+is still the hub).
 
 At step 0 the adapter is the identity (LoRA's B starts at 0), so the step-0 atlas is the
 base model's atlas, bit for bit (tested); any later change is the training's.
@@ -21,16 +24,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 
 import torch
+from torch import Tensor
 
 from bridges.export import plan_lora
 from bridges.train import TrainConfig, evaluate, split, train_lora
 from tlatlas.atlas.config import AtlasConfig
-from tlatlas.atlas.hubs import hub_summary
+from tlatlas.atlas.hubs import family_mean_replicates, hub_summary
 from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
 from tlatlas.atlas.sums import AtlasSums
 from tlatlas.errors import InvalidInputError
 from tlatlas.models import LoadedModel
-from tlatlas.stats import spearman
+from tlatlas.stats import DEFAULT_REPLICATES, Interval, percentile_interval, spearman
 
 DEFAULT_TRAIN = TrainConfig(steps=20)
 
@@ -57,15 +61,46 @@ def merged_copy(peft_model):
     return copy.deepcopy(peft_model).merge_and_unload()
 
 
-def checkpoint_row(atlas_sums: AtlasSums, steps: int, reference: Sequence[float] | None) -> dict:
-    """Hub, agreement and layer effects of one checkpoint's atlas (KL of block ablation)."""
+def layer_margin(atlas_sums: AtlasSums, layer: int, *, metric: str = "kl",
+                 component: str = "block", replicates: int = DEFAULT_REPLICATES,
+                 seed: int = 0) -> Interval:
+    """How far ``layer``'s family-averaged effect lies above the best *other* layer's, with
+    a bootstrap interval over examples resampled within families (``n``: examples).
+    Positive: ``layer`` is the hub; its CI above 0: clearly so."""
+    sums = atlas_sums
+    effect = sums.example_effect(metric, component)  # [layer example]
+    family = sums.tensors["example.family"]
+    gen = torch.Generator().manual_seed(seed)
+    observed, reps = family_mean_replicates(effect, family, len(sums.families),
+                                            replicates=replicates, generator=gen)
+    i = sums.layers.index(layer)
+
+    def margin(per_layer: Tensor) -> Tensor:  # [..., layer] -> [...]
+        others = per_layer.clone()
+        others[..., i] = -torch.inf
+        return per_layer[..., i] - others.max(-1).values
+
+    obs = margin(observed.nanmean(1))
+    lo, hi = percentile_interval(margin(reps.nanmean(2))[:, None])
+    return Interval(estimate=float(obs), ci_low=float(lo[0]), ci_high=float(hi[0]),
+                    n=int(effect.shape[1]))
+
+
+def checkpoint_row(atlas_sums: AtlasSums, steps: int, reference: Sequence[float] | None,
+                   step0_hub: int | None = None) -> dict:
+    """Hub, agreement and layer effects of one checkpoint's atlas (KL of block ablation),
+    and the margin of the step-0 hub over the best other layer here (with its CI)."""
     hub = hub_summary(atlas_sums)
     effect = torch.tensor(hub.layer_effect)
     rho = 1.0 if reference is None else spearman(effect, torch.tensor(list(reference)))
-    return {"steps": steps, "hub_layer": hub.hub_layer, "hub_effect": hub.hub_effect,
-            "family_agreement": hub.family_agreement, "family_argmax": hub.family_argmax,
-            "least_layer": hub.least_layer, "layer_effect": list(hub.layer_effect),
-            "spearman_vs_step0": rho}
+    row = {"steps": steps, "hub_layer": hub.hub_layer, "hub_effect": hub.hub_effect,
+           "family_agreement": hub.family_agreement, "family_argmax": hub.family_argmax,
+           "least_layer": hub.least_layer, "layer_effect": list(hub.layer_effect),
+           "spearman_vs_step0": rho}
+    if atlas_sums.has_examples and len(atlas_sums.layers) > 1:
+        h0 = hub.hub_layer if step0_hub is None else step0_hub
+        row["step0_hub_margin"] = layer_margin(atlas_sums, h0).to_dict()
+    return row
 
 
 def stability_study(source, model: LoadedModel, atlas_sums: AtlasSums, *, family: str,
@@ -101,7 +136,8 @@ def stability_study(source, model: LoadedModel, atlas_sums: AtlasSums, *, family
             on_run(f"atlas at step {steps_done}")
         adapted = loaded_from_hf(model, merged_copy(peft_model), label=f"lora@{steps_done}")
         atlas = build_atlas(adapted, spec, atlas_config)
-        row = checkpoint_row(atlas.sums, steps_done, rows[0]["layer_effect"] if rows else None)
+        row = checkpoint_row(atlas.sums, steps_done, rows[0]["layer_effect"] if rows else None,
+                             rows[0]["hub_layer"] if rows else None)
         row["heldout_loss"], row["exact_match"] = evaluate(peft_model, model.tokenizer, held)
         peft_model.train()
         rows.append(row)

@@ -1,7 +1,9 @@
 """LoRA fine-tuning on a task family, with a fixed held-out split (DESIGN §5, LoRA comparison).
 
 Metrics: held-out loss (mean cross-entropy over answer tokens, in nats) and exact match
-of the greedy completion (batched ``generate``) against the answer. The split does not
+of the greedy completion (batched ``generate``) against the answer, pooled and per held-out
+example (:class:`HeldOut`; the per-example values are what paired comparisons of two runs
+resample). The split does not
 depend on the training seed: the family's examples of the seed-42 suite, first
 ``n_train`` for training and the last ``n_heldout`` held out. Training is deterministic given ``seed`` on the CPU.
 """
@@ -13,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from tlatlas.errors import InvalidInputError
@@ -65,6 +67,13 @@ class TrainResult:
     """Greedy exact match of the base model, in [0, 1]."""
     exact_match_after: float
     """Greedy exact match after training."""
+    heldout_uids: tuple[int, ...] = ()
+    """``Example.uid`` of each held-out example, in the split's order (what paired
+    comparisons of two runs match on)."""
+    heldout_losses: tuple[float, ...] = ()
+    """Per held-out example after training: mean cross-entropy over its answer tokens."""
+    heldout_hits: tuple[bool, ...] = ()
+    """Per held-out example after training: does greedy decoding reproduce the answer?"""
 
     def to_dict(self) -> dict:
         return {"kind": "tlatlas.lora_train", "format_version": 1, **asdict(self)}
@@ -152,22 +161,83 @@ def greedy_hits(model, tokenizer, examples: Sequence[Example], batch_size: int =
     return [c == r[s:] for c, r, s in zip(got, rows, starts, strict=True)]
 
 
+@dataclass(frozen=True, kw_only=True)
+class HeldOut:
+    """Per-example held-out measures of one model (DESIGN §5, LoRA comparison)."""
+
+    uids: tuple[int, ...]
+    """``Example.uid`` of each example, in order."""
+    nll_sums: tuple[float, ...]
+    """Summed cross-entropy over each example's answer tokens (nats)."""
+    n_tokens: tuple[int, ...]
+    """Answer tokens of each example."""
+    hits: tuple[bool, ...]
+    """Greedy exact match of each example."""
+
+    @property
+    def losses(self) -> tuple[float, ...]:
+        """Mean cross-entropy over each example's own answer tokens (nats)."""
+        return tuple(s / max(n, 1) for s, n in zip(self.nll_sums, self.n_tokens, strict=True))
+
+    @property
+    def loss(self) -> float:
+        """Cross-entropy pooled over every answer token of every example (nats)."""
+        return sum(self.nll_sums) / max(sum(self.n_tokens), 1)
+
+    @property
+    def exact_match(self) -> float:
+        return sum(self.hits) / max(len(self.hits), 1)
+
+
 @torch.no_grad()
-def evaluate(model, tokenizer, examples: Sequence[Example], batch_size: int = 8) -> tuple[float, float]:
-    """(held-out loss, greedy exact match) of ``model`` on ``examples``."""
+def answer_nll(model, ids: Int[Tensor, "batch pos"], labels: Int[Tensor, "batch pos"]
+               ) -> tuple[Float[Tensor, " batch"], Int[Tensor, " batch"]]:
+    """(summed cross-entropy, answer-token count) per row, as the ``labels=`` loss shifts
+    them: logits at position t score the label at t + 1."""
+    dev = next(model.parameters()).device
+    logits = causal_lm(model)(input_ids=ids.to(dev)).logits[:, :-1].float()
+    target = labels[:, 1:].to(dev)
+    keep = target != -100
+    logp = logits.log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    return -(logp * keep).sum(-1).cpu().double(), keep.sum(-1).cpu()
+
+
+@torch.no_grad()
+def evaluate_examples(model, tokenizer, examples: Sequence[Example], batch_size: int = 8
+                      ) -> HeldOut:
+    """Per-example answer loss and greedy exact match of ``model`` on ``examples``."""
     model.eval()
-    total, n_tokens = 0.0, 0
+    sums, counts = [], []
     for i in range(0, len(examples), batch_size):
-        ids, labels = lm_batch(examples[i:i + batch_size], tokenizer)
-        n = int((labels[:, 1:] != -100).sum())
-        total += float(answer_loss(model, ids, labels)) * n
-        n_tokens += n
+        s, n = answer_nll(model, *lm_batch(examples[i:i + batch_size], tokenizer))
+        sums += s.tolist()
+        counts += n.tolist()
     hits = greedy_hits(model, tokenizer, examples, batch_size)
-    return total / max(n_tokens, 1), sum(hits) / len(examples)
+    return HeldOut(uids=tuple(ex.uid for ex in examples), nll_sums=tuple(sums),
+                   n_tokens=tuple(counts), hits=tuple(hits))
+
+
+def evaluate(model, tokenizer, examples: Sequence[Example], batch_size: int = 8) -> tuple[float, float]:
+    """(held-out loss pooled over answer tokens, greedy exact match) of ``model``."""
+    held = evaluate_examples(model, tokenizer, examples, batch_size)
+    return held.loss, held.exact_match
+
+
+def flattening(losses: Sequence[float], *, window: float = 0.2) -> float | None:
+    """How much the training loss still falls at the end: the relative drop from the mean of
+    the second-to-last ``window`` of the steps to the mean of the last (0.03 = 3%; near 0
+    or negative: flat). None with fewer than 10 steps."""
+    w = int(len(losses) * window)
+    if len(losses) < 10 or w < 1:
+        return None
+    before, last = losses[-2 * w:-w], losses[-w:]
+    a, b = sum(before) / len(before), sum(last) / len(last)
+    return (a - b) / a if a > 0 else 0.0
 
 
 def train_lora(source, plan, config: TrainConfig, *, quantization=None, device=None,
                base=None, out: str | Path | None = None,
+               before: tuple[float, float] | None = None,
                on_step: Callable[[int, float], None] | None = None,
                after_step: Callable[[object, int], None] | None = None) -> TrainResult:
     """Fine-tune the adapters ``plan`` describes on ``source``.
@@ -182,6 +252,8 @@ def train_lora(source, plan, config: TrainConfig, *, quantization=None, device=N
     optimizer step, before the gradients are cleared (AdaLoRA's rank allocation,
     checkpoints). The optimized loss is the PEFT model's own ``labels=`` loss, which for
     AdaLoRA includes its orthogonal regularisation; ``losses`` record the answer loss alone.
+    ``before``: the base model's (held-out loss, exact match) on this split when already
+    measured (a study's earlier run of the same family), so it is not measured again.
     With ``out``, the adapter is saved with PEFT's ``save_pretrained`` plus ``result.json``.
     """
     from peft import get_peft_model
@@ -198,7 +270,7 @@ def train_lora(source, plan, config: TrainConfig, *, quantization=None, device=N
     elif base is None:
         base = load_hf_model(source, device=device, dtype=torch.float32)
     train, held = split(config)
-    loss0, em0 = evaluate(base, tokenizer, held)
+    loss0, em0 = before if before is not None else evaluate(base, tokenizer, held)
     model = get_peft_model(base, plan.lora_config())
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
@@ -224,10 +296,12 @@ def train_lora(source, plan, config: TrainConfig, *, quantization=None, device=N
             after_step(model, step + 1)
         if on_step is not None:
             on_step(step, losses[-1])
-    loss1, em1 = evaluate(model, tokenizer, held)
+    after = evaluate_examples(model, tokenizer, held)
     result = TrainResult(config=asdict(config), plan=plan.to_dict(), trainable_params=n_params,
                          losses=tuple(losses), heldout_loss_before=loss0,
-                         heldout_loss_after=loss1, exact_match_before=em0, exact_match_after=em1)
+                         heldout_loss_after=after.loss, exact_match_before=em0,
+                         exact_match_after=after.exact_match, heldout_uids=after.uids,
+                         heldout_losses=after.losses, heldout_hits=after.hits)
     if out is not None:
         out = Path(out)
         model.save_pretrained(str(out))

@@ -6,7 +6,9 @@ import torch
 
 from bridges.skip import (
     blocks_path,
+    layer_skip_study,
     least_important,
+    lowest_influence,
     random_layers,
     scored_logits,
     skip_and_recover,
@@ -14,6 +16,7 @@ from bridges.skip import (
     skipped_blocks,
     top_overlap,
 )
+from bridges.skip_sets import percentile, skip_sets
 from bridges.train import TrainConfig, answer_loss, greedy_completions, lm_batch, split
 from tlatlas.atlas.config import AtlasConfig
 from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
@@ -163,15 +166,90 @@ def trained_tiny(tiny_dirs, tmp_path_factory):
 
 
 
+@pytest.mark.parametrize("objective", ["distill", "lm"])
 @pytest.mark.parametrize("layers", [[0], [1, 2]])
-def test_recovery_fine_tune_moves_the_skipped_model_back(trained_tiny, layers):
+def test_recovery_fine_tune_moves_the_skipped_model_back(trained_tiny, layers, objective):
     path, model = trained_tiny
-    a = skip_and_recover(path, model, layers, RECOVERY, modules=("o",), rank=4)
-    b = skip_and_recover(path, model, layers, RECOVERY, modules=("o",), rank=4)
+    a = skip_and_recover(path, model, layers, RECOVERY, modules=("o",), rank=4,
+                         objective=objective)
+    b = skip_and_recover(path, model, layers, RECOVERY, modules=("o",), rank=4,
+                         objective=objective)
     assert a == b  # deterministic
+    assert a["objective"] == objective
     assert a["after"]["kl"] < a["before"]["kl"]
     assert a["after"]["top5_overlap"] >= a["before"]["top5_overlap"]
     assert a["heldout_loss_after"] < a["heldout_loss_before"]
+
+
+def test_distillation_recovery_lowers_kl_on_held_out_prompts(tiny_dirs, tiny_models):
+    """Distilled to the full model on the training prompts, the skipped model's KL to the
+    full model falls on held-out prompts it never saw, prompt by prompt (paired CI > 0)."""
+    config = TrainConfig(family="any", steps=30, n_train=8, n_heldout=4, lr=1e-2)
+    train, held = split(config)
+    assert not {e.prompt for e in train} & {e.prompt for e in held}
+    row = skip_and_recover(tiny_dirs["llama"], tiny_models["llama"], [1], config, rank=4)
+    assert row["objective"] == "distill" and len(row["kl_after_per_prompt"]) == len(held) == 48
+    assert row["after"]["kl"] < row["before"]["kl"]
+    assert row["recovery"]["estimate"] == pytest.approx(row["before"]["kl"] - row["after"]["kl"])
+    assert row["recovery"]["ci"][0] > 0 and row["recovery"]["n"] == 48
+    losses = row["train_losses"]
+    assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
+
+
+@pytest.fixture(scope="module")
+def identity_block(tiny_dirs, tmp_path_factory):
+    """The tiny llama with block 1 made the identity: its attention o_proj and MLP
+    down_proj are zero, so it adds nothing to the residual stream."""
+    from tlatlas.models import load_model
+
+    path = tmp_path_factory.mktemp("identity") / "llama"
+    hf = load_hf_model(tiny_dirs["llama"], device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        hf.model.layers[1].self_attn.o_proj.weight.zero_()
+        hf.model.layers[1].mlp.down_proj.weight.zero_()
+    hf.save_pretrained(path)
+    _tokenizer(tiny_dirs["llama"]).save_pretrained(path)
+    return path, load_model(path, device="cpu")
+
+
+def test_skipping_an_identity_block_is_at_the_0th_percentile(identity_block):
+    path, model = identity_block
+    atlas = build_atlas(model, SuiteSpec(per_family=2, families=("ioi", "code")),
+                        AtlasConfig(batch_size=2, positions_ablated="all"))
+    assert least_important(atlas.sums, 1) == [1]
+    out = layer_skip_study(path, model, atlas.sums, k=1, recovery=PROMPTS)
+    dist = out["distribution"]
+    assert dist["exhaustive"] and dist["sets"] == [[0], [1], [2]] and dist["total_sets"] == 3
+    assert dist["mean_kl"][1] == 0.0 and min(dist["mean_kl"][0], dist["mean_kl"][2]) > 1e-3
+    atlas_set = out["sets"]["atlas"]
+    assert atlas_set["layers"] == [1] and atlas_set["kl"] == 0.0
+    assert atlas_set["percentile"]["estimate"] == 0.0
+    assert atlas_set["percentile"]["ci"] == [0.0, 0.0] and atlas_set["percentile"]["n"] == 12
+    # Block Influence also sees the identity (cos(resid_pre, resid_post) = 1)
+    assert out["sets"]["block-influence"]["layers"] == [1]
+    assert out["sets"]["random"]["percentile"]["estimate"] > 0 or out["sets"]["random"][
+        "layers"] == [1]
+    # compared prompt by prompt, every other set is worse than the atlas's: CI above 0
+    assert out["comparisons"]["random_sets_minus_atlas"]["ci"][0] > 0
+    assert {r["skip_set"] for r in out["rows"]} == {"atlas", "random"}
+
+
+def test_percentile_counts_the_sets_strictly_safer():
+    dist = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]])
+    assert percentile(torch.tensor([2.0, 2.0]), dist).estimate == 25.0
+    assert percentile(torch.tensor([0.0, 0.0]), dist).estimate == 0.0
+    assert percentile(torch.tensor([9.0, 9.0]), dist).estimate == 100.0
+    assert lowest_influence(torch.tensor([0.3, 0.1, 0.2, 0.1]), 2) == [1, 3]
+
+
+def test_skip_sets_are_all_sets_or_distinct_random_ones():
+    sets, every = skip_sets(5, 2, max_sets=10)
+    assert every and len(sets) == 10 == len(set(sets))
+    sets, every = skip_sets(30, 4, max_sets=60, seed=1)
+    assert not every and len(set(sets)) == 60 and all(len(s) == 4 for s in sets)
+    assert sets == skip_sets(30, 4, max_sets=60, seed=1)[0]
+    with pytest.raises(ValueError):
+        skip_sets(3, 4)
 
 
 def test_skip_cli(tiny_dirs, atlas_file, tmp_path, capsys):

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from bridges.export import plan_lora
-from bridges.stability import loaded_from_hf, merged_copy, stability_study
+from bridges.stability import layer_margin, loaded_from_hf, merged_copy, stability_study
 from bridges.train import TrainConfig
 from tlatlas.atlas.config import AtlasConfig
-from tlatlas.atlas.hubs import hub_summary
+from tlatlas.atlas.hubs import hub_evidence, hub_summary
 from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
 from tlatlas.atlas.store import save_atlas
 
@@ -58,11 +58,27 @@ def test_stability_study_step0_is_the_base_atlas_and_training_moves_it(tiny_dirs
     assert rows[-1]["heldout_loss"] < rows[0]["heldout_loss"]
     assert all(-1.0 <= r["spearman_vs_step0"] <= 1.0 for r in rows)
     assert out["hubs"] == [r["hub_layer"] for r in rows]
+    # the lock-in margin at step 0 is the hub's margin over the runner-up, as hub_evidence
+    # (the atlas's own bootstrap) computes it
+    evidence = hub_evidence(base_atlas.sums)
+    m0 = rows[0]["step0_hub_margin"]
+    assert evidence.hub_layer == base.hub_layer and m0["n"] == evidence.hub_margin.n
+    assert m0["estimate"] == pytest.approx(evidence.hub_margin.estimate)
+    assert m0["ci"] == pytest.approx([evidence.hub_margin.ci_low, evidence.hub_margin.ci_high])
+    assert all("step0_hub_margin" in r for r in rows)
     assert out["hub_moved"] == (len(set(out["hubs"])) > 1)
     assert len(out["train"]["losses"]) == 4
     with pytest.raises(ValueError):
         stability_study(tiny_dirs["llama"], tiny_models["llama"], base_atlas.sums,
                         family="arithmetic", checkpoints=[], train=TRAIN)
+
+
+def test_layer_margin_is_negative_for_a_layer_below_the_hub(base_atlas):
+    base = hub_summary(base_atlas.sums)
+    other = min(range(3), key=lambda i: base.layer_effect[i])
+    m = layer_margin(base_atlas.sums, other)
+    assert m.estimate == pytest.approx(base.layer_effect[other] - base.hub_effect)
+    assert m.ci_low <= m.estimate <= m.ci_high and m.estimate < 0
 
 
 def test_stability_cli(tiny_dirs, base_atlas, tmp_path, capsys):

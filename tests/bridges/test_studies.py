@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from bridges.adalora import adalora_plan, train_adalora
+from bridges.export import plan_for_layers
 from bridges.influence import block_influence
+from bridges.module_sweep import (
+    MODULE_SETS,
+    TOLERANCE,
+    equal_param_ranks,
+    module_sweep,
+    rank_costs,
+)
+from bridges.studies import DEFAULT_DRAWS, MIN_ADALORA_STEPS, strategy_study
 from bridges.train import TrainConfig, answer_loss, lm_batch, split
 from tlatlas.atlas.config import AtlasConfig
 from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
@@ -33,8 +42,8 @@ def test_strategy_study_matches_budgets(tiny_dirs, atlas_file, tmp_path, capsys)
     out = tmp_path / "strategies.json"
     assert main(["study", "strategies", "--model", str(tiny_dirs["llama"]), "--atlas",
                  str(atlas_file), "--families", "arithmetic", "--seeds", "0", "--top-k", "2",
-                 "--rank", "2", "--steps", "2", "--n-train", "8", "--n-heldout", "2",
-                 "--out", str(out)]) == 0
+                 "--rank", "2", "--steps", str(MIN_ADALORA_STEPS), "--n-train", "8",
+                 "--n-heldout", "2", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     rows = {r["strategy"]: r for r in data["rows"]}
     assert {"atlas", "random", "first-k", "last-k", "block-influence", "all-linear",
@@ -48,10 +57,52 @@ def test_strategy_study_matches_budgets(tiny_dirs, atlas_file, tmp_path, capsys)
     ada = rows["adalora"]
     assert ada["trainable_params"] == ada["peft_final_params"] <= budget
     assert ada["initial_params"] > budget  # AdaLoRA starts above the budget and prunes
-    assert sum(ada["final_ranks"].values()) <= ada["target_r"] * 3
+    assert sum(ada["final_ranks"].values()) <= ada["target_r"] * 3 and ada["pruned"]
+    assert ada["schedule"] == {"tinit": 5, "tfinal": 10, "total_step": MIN_ADALORA_STEPS}
     assert data["skipped"] == {}
+    # random layer sets: DEFAULT_DRAWS draws, each trained, all at the budget
+    draws = [r for r in data["rows"] if r["strategy"] == "random"]
+    assert [r["draw"] for r in draws] == list(range(DEFAULT_DRAWS))
+    # every strategy is compared to atlas-guided on the shared (seed, prompt) pairs
+    assert set(data["comparisons"]) == set(rows) - {"atlas"}
+    for c in data["comparisons"].values():
+        assert c["n"] == 2 and c["seeds"] == [0] and set(c["by_family"]) == {"arithmetic"}
+        assert c["loss"]["ci"][0] <= c["loss"]["estimate"] <= c["loss"]["ci"][1]
+    assert data["chooser"]["examples_per_family"] == {"ioi": 2, "code": 2}
+    assert not data["chooser"]["powered"]
     printed = capsys.readouterr().out
     assert "atlas" in printed and "adalora arithmetic seed 0" in printed
+
+
+def test_strategy_comparison_is_the_paired_difference_over_seeds_and_prompts(tiny_dirs,
+                                                                             tiny_models):
+    atlas = build_atlas(tiny_models["llama"], SuiteSpec(per_family=2, families=("ioi",)),
+                        AtlasConfig(batch_size=2, positions_ablated="all-but-bos"))
+    train = TrainConfig(steps=3, n_train=8, n_heldout=3, lr=1e-2)
+    out = strategy_study(tiny_dirs["llama"], tiny_models["llama"], atlas,
+                         families=("arithmetic", "ioi"), seeds=(0, 1), random_draws=2, top_k=1,
+                         rank=2, train=train)
+    assert out["skipped"]["adalora"].startswith("not run: 3 steps")
+    assert "adalora" not in {r["strategy"] for r in out["rows"]}
+    assert out["chooser"]["positions_ablated"] == "all-but-bos"
+    assert out["chooser"]["ablation"] == "zero" and out["chooser"]["min_per_family"] == 2
+    rows = out["rows"]
+    assert all(len(r["heldout_losses"]) == len(r["heldout_hits"]) == 3 for r in rows)
+    # by hand: random's per-prompt values averaged over its two draws, minus atlas's
+    a = {(r["seed"], r["family"]): r for r in rows if r["strategy"] == "atlas"}
+    diffs, hits = [], []
+    for (seed, family), ra in sorted(a.items()):
+        rs = [r for r in rows if r["strategy"] == "random" and (r["seed"], r["family"]) ==
+              (seed, family)]
+        assert len(rs) == 2 and rs[0]["heldout_uids"] == ra["heldout_uids"]
+        for i in range(3):
+            diffs.append(sum(r["heldout_losses"][i] for r in rs) / 2 - ra["heldout_losses"][i])
+            hits.append(ra["heldout_hits"][i] - sum(r["heldout_hits"][i] for r in rs) / 2)
+    c = out["comparisons"]["random"]
+    assert c["n"] == 12 == len(diffs) and c["seeds"] == [0, 1]
+    assert c["loss"]["estimate"] == pytest.approx(sum(diffs) / 12)
+    assert c["exact_match"]["estimate"] == pytest.approx(sum(hits) / 12)
+    assert c["by_family"]["ioi"]["n"] == 6
 
 
 def test_module_sweep_holds_layers_fixed(tiny_dirs, atlas_file, tmp_path):
@@ -63,10 +114,57 @@ def test_module_sweep_holds_layers_fixed(tiny_dirs, atlas_file, tmp_path):
                  "--rank", "2", "--steps", "2", "--n-train", "8", "--n-heldout", "2",
                  "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
+    # rank 2 asks for budgets below the smallest feasible one: one budget remains
     assert [r["module_set"] for r in rows] == ["o", "qkv", "mlp", "all"]
     assert len({tuple(r["layers"]) for r in rows}) == 1 and len(rows[0]["layers"]) == 2
     params = {r["module_set"]: r["trainable_params"] for r in rows}
-    assert params["o"] < params["qkv"] < params["all"] and params["mlp"] < params["all"]
+    assert max(params.values()) / min(params.values()) - 1 <= 0.05
+    ranks = {r["module_set"]: r["rank"] for r in rows}
+    assert ranks["o"] > ranks["qkv"] > ranks["all"] and ranks["mlp"] > ranks["all"]
+
+
+def test_equal_param_ranks_within_tolerance():
+    costs = {"o": 2, "qkv": 5, "mlp": 9, "all": 16}
+    ranks = equal_param_ranks(costs, 64)
+    counts = [ranks[s] * c for s, c in costs.items()]
+    assert max(counts) / min(counts) - 1 <= TOLERANCE and ranks["all"] == 4
+    assert equal_param_ranks(costs, 1) == ranks  # below the smallest feasible: moves up
+    assert equal_param_ranks(costs, 16 * 9)["all"] == 9
+    with pytest.raises(ValueError, match="no ranks give"):
+        equal_param_ranks({"a": 999, "b": 1000}, 10, tolerance=0.0001)
+
+
+def test_module_sweep_equal_parameters_by_peft_count(tiny_dirs, tiny_models):
+    """At every budget the four module sets train counts within 5% of each other, as
+    PEFT's own get_nb_trainable_parameters counts them, on the same layers."""
+    from peft import get_peft_model
+
+    from tlatlas.models import load_hf_model
+
+    model = tiny_models["llama"]
+    costs = rank_costs(model, [0, 2])
+    # one rank of o costs less than one of q,k,v, less than all; MLP less than all
+    assert costs["o"] < costs["qkv"] < costs["all"] and costs["mlp"] < costs["all"]
+    out = module_sweep(tiny_dirs["llama"], model, [2, 0], family="arithmetic", seeds=(0,),
+                       budgets=[8192, 16384, 8000],
+                       train=TrainConfig(steps=2, n_train=8, n_heldout=2))
+    assert [p["requested"] for p in out["budgets"]] == [8192, 16384]  # 8000 -> 8192 again
+    assert out["layers"] == [0, 2]
+    for point in out["budgets"]:
+        at = [r for r in out["rows"] if r["budget"] == point["requested"]]
+        assert [r["module_set"] for r in at] == ["o", "qkv", "mlp", "all"]
+        assert len({tuple(r["layers"]) for r in at}) == 1
+        peft_counts = []
+        for name, mods in MODULE_SETS.items():
+            plan = plan_for_layers(model, name, [0, 2], modules=mods,
+                                   rank=point["ranks"][name])
+            peft = get_peft_model(load_hf_model(tiny_dirs["llama"], device="cpu"),
+                                  plan.lora_config())
+            peft_counts.append(peft.get_nb_trainable_parameters()[0])
+        assert peft_counts == [r["trainable_params"] for r in at]
+        assert max(peft_counts) / min(peft_counts) - 1 <= 0.05
+        assert point["spread"] <= 0.05
+        assert set(out["comparisons"][str(point["requested"])]) == {"qkv", "mlp", "all"}
 
 
 @pytest.mark.parametrize("modules", [("o",), ("q", "k", "v", "gate")])

@@ -6,6 +6,8 @@ from bridges.train import (
     TrainConfig,
     answer_loss,
     evaluate,
+    evaluate_examples,
+    flattening,
     greedy_completions,
     greedy_hits,
     lm_batch,
@@ -114,6 +116,33 @@ def test_training_lowers_loss_is_deterministic_and_reloads(tiny_dirs, all_linear
     assert loss == pytest.approx(r1.heldout_loss_after, abs=1e-5)
     assert em == r1.exact_match_after
     assert (saved / "result.json").exists()
+
+
+def test_per_prompt_held_out_values_pool_to_the_reported_ones(tiny_dirs, trained, reloaded):
+    """Each held-out prompt's loss and hit are recorded (what paired comparisons resample);
+    pooled over answer tokens they give the run's held-out loss and exact match."""
+    r, _ = trained
+    held = split(CONFIG)[1]
+    assert r.heldout_uids == tuple(ex.uid for ex in held)
+    assert len(r.heldout_losses) == len(r.heldout_hits) == len(held)
+    assert sum(r.heldout_hits) / len(held) == r.exact_match_after
+    per = evaluate_examples(reloaded, _tokenizer(tiny_dirs["llama"]), held)
+    assert per.hits == r.heldout_hits
+    assert per.losses == pytest.approx(r.heldout_losses, abs=1e-5)
+    assert per.loss == pytest.approx(r.heldout_loss_after, abs=1e-5)
+    # per-prompt losses are means over each prompt's own answer tokens, by hand
+    tok = _tokenizer(tiny_dirs["llama"])
+    with torch.no_grad():
+        for i, ex in enumerate(held[:3]):
+            ids, labels = lm_batch([ex], tok)
+            assert float(answer_loss(reloaded, ids, labels)) == pytest.approx(per.losses[i],
+                                                                           abs=1e-5)
+
+
+def test_flattening_is_the_relative_drop_over_the_last_fifth():
+    assert flattening([1.0] * 20) == 0.0
+    assert flattening([4.0] * 12 + [2.0] * 4 + [1.0] * 4) == pytest.approx(0.5)
+    assert flattening([1.0] * 9) is None
 
 
 def test_lm_batch_is_the_hand_written_padding(tiny_dirs):
