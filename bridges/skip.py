@@ -42,7 +42,7 @@ from bridges.distill import distill_lora
 from bridges.export import plan_for_layers
 from bridges.influence import block_influence
 from bridges.names import MODULES
-from bridges.skip_sets import DEFAULT_MAX_SETS, per_prompt_kl, percentile, set_kls, skip_sets
+from bridges.skip_sets import DEFAULT_MAX_SETS, per_prompt_kl, percentile, skip_sets
 from bridges.train import TrainConfig, answer_nll, evaluate, lm_batch, split, train_lora
 from tlatlas.atlas.sums import AtlasSums, mean_effect
 from tlatlas.errors import InvalidInputError, OutOfRangeError
@@ -141,6 +141,19 @@ def scored_logits(hf_model: nn.Module, tokenizer, examples: Sequence[Example], *
         rows = torch.arange(len(batch), device=logits.device)
         out.append(logits[rows, batch.scored_pos.to(logits.device)].float().cpu())
     return torch.cat(out)
+
+
+def set_kls(hf_model: nn.Module, tokenizer, examples: Sequence[Example],
+            reference: Float[Tensor, "batch d_vocab"], sets: Sequence[Sequence[int]], *,
+            path: str = "model.layers", batch_size: int = 8) -> Float[Tensor, "set batch"]:
+    """KL of each skip set against ``reference`` (the full model's scored logits, computed
+    with the same ``batch_size``: other batch shapes round differently), per prompt."""
+    rows = []
+    for layers in sets:
+        with skipped_blocks(hf_model, list(layers), path=path):
+            rows.append(per_prompt_kl(reference, scored_logits(hf_model, tokenizer, examples,
+                                                               batch_size=batch_size)))
+    return torch.stack(rows)
 
 
 def top_overlap(full: Float[Tensor, "batch d_vocab"], other: Float[Tensor, "batch d_vocab"],

@@ -14,16 +14,14 @@ recomputes every set's mean, so it says how much the ranking depends on the prom
 
 import math
 import random
-from collections.abc import Sequence
 from itertools import combinations
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 
 from tlatlas.errors import InvalidInputError
 from tlatlas.stats import DEFAULT_REPLICATES, Interval, percentile_interval, stratified_indices
-from tlatlas.tasks import Example
 
 DEFAULT_MAX_SETS = 100
 """Sets measured when ``C(n, k)`` is larger (at least 50 is what a percentile needs)."""
@@ -56,21 +54,6 @@ def per_prompt_kl(full: Float[Tensor, "batch d_vocab"], other: Float[Tensor, "ba
     """KL(p_full || p_other) per row, in nats (clamped at 0 against rounding)."""
     lp, lq = full.float().log_softmax(-1), other.float().log_softmax(-1)
     return (lp.exp() * (lp - lq)).sum(-1).clamp(min=0.0)
-
-
-def set_kls(hf_model: nn.Module, tokenizer, examples: Sequence[Example],
-            reference: Float[Tensor, "batch d_vocab"], sets: Sequence[Sequence[int]], *,
-            path: str = "model.layers", batch_size: int = 8) -> Float[Tensor, "set batch"]:
-    """KL of each skip set against ``reference`` (the full model's scored logits, computed
-    with the same ``batch_size``: other batch shapes round differently), per prompt."""
-    from bridges.skip import scored_logits, skipped_blocks
-
-    rows = []
-    for layers in sets:
-        with skipped_blocks(hf_model, list(layers), path=path):
-            rows.append(per_prompt_kl(reference, scored_logits(hf_model, tokenizer, examples,
-                                                               batch_size=batch_size)))
-    return torch.stack(rows)
 
 
 def percentile(candidate: Float[Tensor, " prompt"], distribution: Float[Tensor, "set prompt"],
