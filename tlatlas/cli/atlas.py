@@ -96,11 +96,16 @@ def _atlas(args: argparse.Namespace, dist) -> int:
         ranks = f", {dist.world_size} ranks" if dist is not None else ""
         print(f"wrote {paths[1]}  ({atlas.meta.n_examples} examples, "
               f"{atlas.meta.timings.get('sweep', 0):.1f}s{ranks})", file=sys.stderr)
-        rows.append(seed_entry(atlas, metric=metric))
+        if shard is None:  # a shard's hub says nothing: the table waits for the merge
+            rows.append(seed_entry(atlas, metric=metric))
     if not primary:
         return 0
     print(f"model {args.model} ({model.fingerprint.short})  suite {args.suite}  "
           f"ablation {args.ablation}  method {args.method}")
+    if shard is not None:
+        print(f"shard {shard[0]}/{shard[1]}: no hub table for a part of the suite; "
+              "`tlatlas merge` the shards, then `tlatlas show`")
+        return 0
     hub_table(rows)
     if config.positions:
         role_table(atlas.sums, metric)
