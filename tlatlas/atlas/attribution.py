@@ -146,7 +146,7 @@ def attribution_effects(
     ablation: AblationKind = "zero",
     means: dict[str, RoleStats] | None = None,
     positions: bool = False,
-    positions_ablated: PositionPolicy = "all-but-bos",
+    positions_ablated: PositionPolicy = "all",
 ) -> tuple[CleanRun, Float[Tensor, "component layer batch"],
            Float[Tensor, "pcomp layer batch pos"] | None]:
     """Estimated Delta-logp of every layer (and position) ablation of one batch.
@@ -219,7 +219,7 @@ def attribution_sums(
     max_offset: int = 32,
     layers: Sequence[int] | None = None,
     families: Sequence[str] | None = None,
-    positions_ablated: PositionPolicy = "all-but-bos",
+    positions_ablated: PositionPolicy = "all",
     on_batch: Callable[[int], None] | None = None,
 ) -> AtlasSums:
     """The attribution-patching atlas, laid out exactly like ``atlas.compute_atlas_sums``.
