@@ -55,11 +55,20 @@ def layers_from(model: LoadedModel, start: int) -> Iterator[nn.Module]:
     dec = decoder(model)
     _, attr = _layers_path(model)
     full = getattr(dec, attr)
+    # Decoders with mixed layer types (Gemma-3: sliding/full attention, each with its own
+    # mask and RoPE base) look a layer's type up by its index *in the list they run*, so
+    # the type list is cut at ``start`` too, or layer ``start + i`` would get type ``i``.
+    config = getattr(dec, "config", None)
+    types = getattr(config, "layer_types", None)
     setattr(dec, attr, nn.ModuleList(list(full)[start:]))
+    if types is not None:
+        config.layer_types = list(types)[start:]
     try:
         yield dec
     finally:
         setattr(dec, attr, full)
+        if types is not None:
+            config.layer_types = types
 
 
 def unembed(model: LoadedModel, hidden: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_vocab"]:
