@@ -108,7 +108,8 @@ def test_one_block_skip_is_the_atlas_block_ablation(tiny_dirs, tiny_models):
     """Identity in a block's place == zero-ablating its whole write: same KL as the atlas."""
     model = tiny_models["llama"]
     suite = build_suite("synthetic", per_family=3, families=["ioi"])
-    atlas = build_atlas(model, SuiteSpec(per_family=3, families=("ioi",)), AtlasConfig(batch_size=3))
+    atlas = build_atlas(model, SuiteSpec(per_family=3, families=("ioi",)),
+                        AtlasConfig(batch_size=3, positions_ablated="all"))
     kl = mean_effect(atlas.sums, "kl", "block")[:, 0]
     hf, tok = load_hf_model(tiny_dirs["llama"], device="cpu", dtype=torch.float32), model.tokenizer
     full = scored_logits(hf, tok, list(suite))
