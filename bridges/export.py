@@ -3,7 +3,8 @@
 Strategies (DESIGN §5, LoRA comparison):
 
 - ``atlas``: the layers the atlas ranks most important (family-averaged block KL), as
-  many as ``top_k`` or as fit in the trainable-parameter ``budget``;
+  many as ``top_k`` or as fit in the trainable-parameter ``budget``; from an
+  estimate-then-verify atlas, its verified layers only (:func:`rank_layers`);
 - ``random``: the same number of layers, drawn at random (seeded): the matched control.
   Every block has the same shapes, so its count equals the atlas plan's;
 - ``all-linear``: every linear module of every block (standard practice).
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from bridges.names import MODULES, ModuleName, hf_module_names
+from tlatlas.atlas.hubs import verified_layers
 from tlatlas.atlas.sums import AtlasSums, mean_effect
 from tlatlas.errors import InvalidInputError
 
@@ -63,9 +65,19 @@ class LoraPlan:
 
 
 def rank_layers(sums: AtlasSums, *, metric: str = "kl", component: str = "block") -> list[int]:
-    """Layers sorted by family-averaged effect, most important first (ties: lower layer)."""
+    """Layers sorted by family-averaged effect, most important first (ties: lower layer).
+
+    An estimate-then-verify atlas ranks its verified layers only
+    (:func:`tlatlas.atlas.hubs.verified_layers`): the others hold an estimate (or a
+    magnitude score), not an effect, so the list can be shorter than the atlas's layers.
+    """
+    exact = set(verified_layers(sums, component))
+    if not exact:
+        raise InvalidInputError(f"no layer of {component} is verified in this atlas: it has no "
+                                "exact effect to rank layers by")
     per_layer = mean_effect(sums, metric, component).mean(1).tolist()
-    order = sorted(range(len(per_layer)), key=lambda i: (-per_layer[i], i))
+    order = sorted((i for i, layer in enumerate(sums.layers) if layer in exact),
+                   key=lambda i: (-per_layer[i], i))
     return [sums.layers[i] for i in order]
 
 
@@ -120,7 +132,9 @@ def plan_lora(model, strategy: Strategy, *, atlas: AtlasSums | None = None,
         ranked = rank_layers(atlas)
         if top_k is not None:
             if not 1 <= top_k <= len(ranked):
-                raise InvalidInputError(f"top_k must be in 1..{len(ranked)}, got {top_k}")
+                what = (f" (the atlas's verified layers: {len(ranked)} of {len(atlas.layers)})"
+                        if len(ranked) < len(atlas.layers) else "")
+                raise InvalidInputError(f"top_k must be in 1..{len(ranked)}, got {top_k}{what}")
             layers = ranked[:top_k]
         else:
             layers = _fit_budget(model, ranked, modules, rank, budget)

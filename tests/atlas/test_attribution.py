@@ -192,3 +192,98 @@ def test_spearman_on_smollm2(smollm2, record_property):
     rho = spearman(a, e)
     record_property("spearman_smollm2_zero", rho)
     assert math.isfinite(rho)
+
+
+# --------------------------------------------------------------------------- past first order
+
+
+def _ablation_ctx(model, suite, ablation="zero", means=None):
+    from tlatlas.atlas.engine import clean_batches
+    from tlatlas.atlas.estimators import estimate_hooks
+    from tlatlas.atlas.sweep import ablation_batch
+
+    fam = suite.families[0]
+    exs = [ex for ex in suite.examples if ex.family == fam]
+    layers = tuple(range(model.n_layers))
+    _, cached = estimate_hooks(layers, True)
+    cb = next(iter(clean_batches(model, exs, cached, batch_size=8)))
+    hooks = ["hook_attn_out", "hook_mlp_out", "hook_resid_post"]
+    return ablation_batch(model, cb, AtlasConfig(ablation=ablation), means, layers, hooks), layers
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_ig_converges_to_the_exact_single_ablation(tiny_models, suite, ablation):
+    """Each node's own path integral is exact in the limit: the error of the midpoint rule
+    shrinks as steps grow, for Delta-logp and for KL (which first order cannot estimate)."""
+    from tlatlas.atlas.estimators import Estimator, estimate_effects
+    from tlatlas.atlas.sweep import layer_effects
+
+    model = tiny_models["llama"]
+    means = None
+    if ablation == "mean":
+        names = [hook_name(layer, h) for layer in range(model.n_layers)
+                 for h in ("hook_attn_out", "hook_mlp_out", "hook_resid_post")]
+        means = reference_stats(model, build_suite("synthetic", seed=1, per_family=2).examples,
+                                names)
+    ctx, layers = _ablation_ctx(model, suite, ablation, means)
+    exact = layer_effects(ctx, layers, "exact")[[KL, DLOGP]].double()
+    assert exact.abs().max() > 0.5  # the ablations are far from linear: the test has signal
+    errors = {}
+    for steps in (4, 16, 64):
+        est, _ = estimate_effects(ctx, layers, Estimator(method="ig", steps=steps, max_rows=256))
+        errors[steps] = (est[[KL, DLOGP]].double() - exact).abs().max().item()
+    assert errors[64] < errors[16] < errors[4]
+    assert errors[64] < 0.1 and errors[64] < errors[4] / 4
+
+
+def test_one_step_is_the_first_order_estimate(tiny_models, suite):
+    from tlatlas.atlas.estimators import FIRST_ORDER, Estimator, estimate_effects
+
+    model = tiny_models["qwen2"]
+    ctx, layers = _ablation_ctx(model, suite)
+    _, layer_fo, pos_fo = attribution_effects(model, ctx.batch, layers, positions=True,
+                                              positions_ablated=ctx.positions_ablated)
+    for est in (FIRST_ORDER, Estimator(method="ig", steps=1)):
+        layer_e, pos_e = estimate_effects(ctx, layers, est, positions=True)
+        torch.testing.assert_close(layer_e[DLOGP], layer_fo, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pos_e[DLOGP], pos_fo, rtol=1e-4, atol=1e-5, equal_nan=True)
+        assert torch.isnan(layer_e[KL]).all() and torch.isnan(layer_e[ACC]).all()
+    joint, pos = estimate_effects(ctx, layers, Estimator(method="ig_joint", steps=4),
+                                  positions=True)
+    assert torch.isfinite(joint[[KL, DLOGP]]).all() and torch.isnan(joint[ACC]).all()
+    real = ctx.batch.roles != -1
+    assert torch.isfinite(pos[KL][:, :, real]).all() and torch.isnan(pos[KL][:, :, ~real]).all()
+
+
+def test_graddrop_is_first_order_where_nothing_is_dropped(tiny_models, suite):
+    """The last layer's MLP write reaches the logits through no later layer: dropping any
+    layer leaves its gradient alone, so its GradDrop score is |first order|; earlier nodes
+    differ."""
+    from tlatlas.atlas.estimators import Estimator, estimate_effects
+
+    model = tiny_models["llama"]
+    ctx, layers = _ablation_ctx(model, suite)
+    _, fo, _ = attribution_effects(model, ctx.batch, layers,
+                                   positions_ablated=ctx.positions_ablated)
+    gd, pos = estimate_effects(ctx, layers, Estimator(method="graddrop"), positions=True)
+    mlp = COMPONENTS.index("mlp")
+    torch.testing.assert_close(gd[DLOGP, mlp, -1], fo[mlp, -1].abs(), rtol=1e-4, atol=1e-5)
+    assert (gd[DLOGP] >= 0).all() and not torch.allclose(gd[DLOGP, :, 0], fo[:, 0].abs())
+    assert pos is not None and (pos[DLOGP].nan_to_num() >= 0).all()
+
+
+def test_bound_bounds_the_first_order_term(tiny_models, suite):
+    """|sum_pos (r - a) . g| <= sum_pos |r - a| |g|: the bound is never below first order."""
+    from tlatlas.atlas.estimators import Estimator, estimate_effects
+
+    model = tiny_models["qwen2"]
+    ctx, layers = _ablation_ctx(model, suite)
+    _, fo, fo_pos = attribution_effects(model, ctx.batch, layers, positions=True,
+                                        positions_ablated=ctx.positions_ablated)
+    bound, pos = estimate_effects(ctx, layers, Estimator(method="bound"), positions=True)
+    assert (bound[DLOGP] >= fo.abs() - 1e-5).all()
+    real = ctx.batch.roles != -1
+    assert (pos[DLOGP][:, :, real] >= fo_pos[:, :, real].abs() - 1e-5).all()
+    assert (bound[DLOGP] > fo.abs() + 1e-3).any()  # and not equal to it
+    with pytest.raises(ValueError, match="steps"):
+        Estimator(method="bound", steps=2)

@@ -70,3 +70,59 @@ def test_export_cli_refuses_a_mismatched_atlas(tiny_dirs, tiny_models, tiny_atla
                  "--strategy", "atlas", "--top-k", "2", "--out", str(tmp_path / "bad")]) == 2
     assert "force" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------- verify atlases
+
+VERIFY_SPEC = SuiteSpec(per_family=3, families=("ioi", "code"))
+
+
+@pytest.fixture(scope="module")
+def verify_atlases(tiny_models):
+    """An estimate-then-verify atlas of the tiny llama that leaves a block layer unverified
+    (top 1, patience 1), and the exact atlas of the same suite."""
+    model = tiny_models["llama"]
+    config = AtlasConfig(batch_size=3)
+    verified = build_atlas(model, VERIFY_SPEC, config, method="verify", top_k=1, patience=1)
+    exact = build_atlas(model, VERIFY_SPEC, config)
+    return verified, exact
+
+
+def test_rank_layers_of_a_verify_atlas_takes_verified_layers_only(verify_atlases):
+    from dataclasses import replace
+
+    from tlatlas.atlas.config import COMPONENTS
+    from tlatlas.atlas.hubs import verified_layers
+
+    verified, exact = verify_atlases
+    sums = verified.sums
+    exact_layers = verified_layers(sums)
+    unverified = [layer for layer in sums.layers if layer not in exact_layers]
+    assert exact_layers and unverified, "the fixture must leave a block layer unverified"
+    ranked = rank_layers(sums)
+    assert sorted(ranked) == sorted(exact_layers)
+    # the verified layers' order is the exact atlas's order
+    assert ranked == [layer for layer in rank_layers(exact.sums) if layer in exact_layers]
+    # an unverified entry holds an estimate (NaN KL with bound); even a huge one is not ranked
+    t = {k: v.clone() for k, v in sums.tensors.items()}
+    i = sums.layers.index(unverified[0])
+    t["layer.sum"][:, COMPONENTS.index("block"), i] = 1e9
+    assert rank_layers(replace(sums, tensors=t)) == ranked
+    # an atlas without a verified mask still ranks every layer
+    assert sorted(rank_layers(exact.sums)) == list(exact.sums.layers)
+
+
+def test_lora_plan_from_a_verify_atlas(tiny_models, verify_atlases):
+    from tlatlas.atlas.hubs import verified_layers
+
+    model = tiny_models["llama"]
+    sums = verify_atlases[0].sums
+    n = len(verified_layers(sums))
+    plan = plan_lora(model, "atlas", atlas=sums, top_k=n, rank=4)
+    assert set(plan.layers) == set(verified_layers(sums))
+    with pytest.raises(ValueError, match=f"verified layers: {n} of {len(sums.layers)}"):
+        plan_lora(model, "atlas", atlas=sums, top_k=n + 1, rank=4)
+    big = plan_lora(model, "atlas", atlas=sums, budget=10**9, rank=4)
+    assert set(big.layers) == set(verified_layers(sums))  # a budget never buys an unverified layer
+    # the random control draws as many layers, from all of them
+    assert len(plan_lora(model, "random", atlas=sums, top_k=n, rank=4).layers) == n

@@ -2,10 +2,14 @@
 
 - :mod:`~tlatlas.atlas.ablation`: zero / mean / resample replacements (pure functions);
 - :mod:`~tlatlas.atlas.config`: components, hook points, :class:`AtlasConfig`;
-- :mod:`~tlatlas.atlas.engine`: the batch engine every sweep starts from;
+- :mod:`~tlatlas.atlas.engine`: the batch engine every sweep starts from (and its
+  out-of-memory retry); :mod:`~tlatlas.atlas.batching`: batch sizes from a memory budget;
 - :mod:`~tlatlas.atlas.sweep`: the exact and naive sweeps, reference statistics;
 - :mod:`~tlatlas.atlas.sums`: mergeable sums and the means read from them;
 - :mod:`~tlatlas.atlas.attribution`: the gradient estimate;
+- :mod:`~tlatlas.atlas.estimators`: integrated gradients along the ablation path, the
+  first-order bound, GradDrop;
+- :mod:`~tlatlas.atlas.verify`: estimate, then verify the top of every ranking exactly;
 - :mod:`~tlatlas.atlas.posmap`: per-prompt position maps;
 - :mod:`~tlatlas.atlas.hubs`: the hub and its stability;
 - :mod:`~tlatlas.atlas.store`: atlas files; :mod:`~tlatlas.atlas.pipeline`: suite to file;

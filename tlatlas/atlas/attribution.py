@@ -34,7 +34,9 @@ and accuracy is piecewise constant. Resample ablation is not supported (its repl
 is another example's activation, a large, non-local change; use the exact atlas).
 
 How well the estimate agrees with the exact atlas is measured (:func:`spearman` of the two
-maps), never assumed.
+maps), never assumed. Integrated gradients along the ablation path (which also estimate
+KL) are in :mod:`tlatlas.atlas.estimators`; :func:`attribution_sums` builds the atlas of
+any of them (``estimator=``), this first-order one by default.
 """
 
 from collections.abc import Callable, Sequence
@@ -52,9 +54,11 @@ from tlatlas.atlas.ablation import (
     position_mask,
     replacement,
 )
-from tlatlas.atlas.config import COMPONENT_HOOKS, COMPONENTS, POS_COMPONENTS
-from tlatlas.atlas.engine import encoded_batches
+from tlatlas.atlas.config import COMPONENT_HOOKS, COMPONENTS, POS_COMPONENTS, AtlasConfig
+from tlatlas.atlas.engine import clean_batches, encoded_batches
+from tlatlas.atlas.estimators import Estimator, estimate_effects, estimate_hooks
 from tlatlas.atlas.sums import AtlasSums, accumulate
+from tlatlas.atlas.sweep import ablation_batch
 from tlatlas.errors import InvalidInputError, UnknownNameError
 from tlatlas.hooks import hook_name, hooks_attached
 from tlatlas.metrics import METRICS
@@ -221,6 +225,7 @@ def attribution_sums(
     families: Sequence[str] | None = None,
     positions_ablated: PositionPolicy = "all",
     on_batch: Callable[[int], None] | None = None,
+    estimator: Estimator | None = None,
 ) -> AtlasSums:
     """The attribution-patching atlas, laid out exactly like ``atlas.compute_atlas_sums``.
 
@@ -228,6 +233,10 @@ def attribution_sums(
     the ``kl`` and ``acc_drop`` slots are NaN (see the module docstring). Counts and the
     clean statistics are exact. ``means`` (required for mean ablation) come from
     :func:`tlatlas.atlas.reference_stats` on a reference set, never the scored examples.
+
+    ``estimator`` (:class:`tlatlas.atlas.estimators.Estimator`; None: first order) picks
+    another estimate, e.g. integrated gradients with ``steps >= 2``, which fill the ``kl``
+    slot too; ``acc_drop`` stays NaN.
     """
     check_attribution_kind(ablation)
     if batch_size < 1:
@@ -238,6 +247,11 @@ def attribution_sums(
         raise InvalidInputError("mean ablation needs reference statistics (atlas.reference_stats)")
     layer_ids = check_layers(model, layers)
     fams = tuple(families) if families is not None else tuple(dict.fromkeys(e.family for e in examples))
+    if estimator is not None and estimator.name != "first_order":
+        return _estimated_sums(model, examples, estimator, ablation=ablation, means=means,
+                               batch_size=batch_size, positions=positions,
+                               max_offset=max_offset, layers=layer_ids, families=fams,
+                               positions_ablated=positions_ablated, on_batch=on_batch)
     sums = AtlasSums.empty(fams, layer_ids, positions=positions, max_offset=max_offset)
     for exs, batch in encoded_batches(examples, model.tokenizer, batch_size=batch_size):
         clean, layer_e, pos_e = attribution_effects(model, batch, layer_ids, ablation=ablation,
@@ -257,3 +271,46 @@ def attribution_sums(
                 if metric not in ESTIMATED_METRICS:
                     sums.tensors[key][m] = float("nan")
     return sums
+
+
+def _estimated_sums(model: LoadedModel, examples: Sequence[Example], estimator: Estimator, *,
+                    ablation: AblationKind, means: dict[str, RoleStats] | None,
+                    batch_size: int, positions: bool, max_offset: int, layers: Sequence[int],
+                    families: Sequence[str], positions_ablated: PositionPolicy,
+                    on_batch: Callable[[int], None] | None) -> AtlasSums:
+    """:func:`attribution_sums` for an estimator of :mod:`tlatlas.atlas.estimators`."""
+    config = AtlasConfig(ablation=ablation, positions=positions, max_offset=max_offset,
+                         batch_size=max(batch_size, 2), layers=tuple(layers),
+                         positions_ablated=positions_ablated)
+    value_hooks, cached = estimate_hooks(layers, positions)
+    hooks = sorted({h.split(".", 2)[2] for h in value_hooks})
+    sums = AtlasSums.empty(families, layers, positions=positions, max_offset=max_offset)
+    estimated = estimator.metrics
+    for cb in clean_batches(model, examples, cached, batch_size=batch_size):
+        ctx = ablation_batch(model, cb, config, means, layers, hooks)
+        layer_e, pos_e = estimate_effects(ctx, layers, estimator, positions=positions)
+        accumulate(sums, cb.batch, cb.clean, _with_slots(layer_e, estimated),
+                   None if pos_e is None else _with_slots(pos_e, estimated),
+                   [ex.uid for ex in cb.examples])
+        if on_batch is not None:
+            on_batch(len(cb.batch))
+    sums = sums.finished()
+    sums.tensors["seen.count"] = sums.tensors["count"].clone()
+    sums.tensors["seen.correct"] = sums.tensors["clean.correct"].clone()
+    for key in ("layer.sum", "role.sum", "offset.sum", "example.layer", "example.role"):
+        if key in sums.tensors:
+            for m, metric in enumerate(METRICS):
+                if metric not in estimated:
+                    sums.tensors[key][m] = float("nan")
+    return sums
+
+
+def _with_slots(e: Tensor, estimated: Sequence[str]) -> Tensor:
+    """Slots not estimated set to 0 where the entry is real, so ``accumulate`` counts it
+    (it reads validity from the kl slot); they are NaN-ed after the sweep."""
+    out = e.clone()
+    real = ~torch.isnan(e[_DLOGP])
+    for m, metric in enumerate(METRICS):
+        if metric not in estimated:
+            out[m] = torch.where(real, 0.0, float("nan"))
+    return out

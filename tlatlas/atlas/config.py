@@ -34,10 +34,16 @@ class AtlasConfig:
     max_offset: int = 32
     """Position map width: distances 0..max_offset-1 before the scored position."""
     batch_size: int = 8
-    """Examples per forward (batches never mix families)."""
+    """Examples per forward (batches never mix families). ``0``: chosen per family from
+    ``memory_budget_bytes`` (:mod:`tlatlas.atlas.batching`); resample donors are drawn
+    within a batch, so a resample atlas depends on the batch size."""
     position_chunk: int = 16
     """Exact position map: positions stacked into one forward (the keys/values of the
-    positions before the chunk are reused from the clean run)."""
+    positions before the chunk are reused from the clean run). With ``batch_size=0`` the
+    largest chunk used; it shrinks when two examples do not fit the budget with it."""
+    memory_budget_bytes: int | None = None
+    """Memory a sweep with ``batch_size=0`` may use (None: the device's free memory times
+    :data:`tlatlas.models.memory.SAFETY_FRACTION`, read when the sweep starts)."""
     layers: tuple[int, ...] | None = None
     """Layers to sweep (default all)."""
     resample_seed: int = 0
@@ -59,12 +65,20 @@ class AtlasConfig:
             raise InvalidInputError("min_family_examples must be >= 1")
         if self.method not in ("exact", "naive"):
             raise InvalidInputError(f"unknown method {self.method!r}; choose exact or naive")
-        if self.batch_size < 2:
-            raise InvalidInputError("batch_size must be >= 2 (resample needs a donor in the batch)")
+        if self.batch_size < 2 and self.batch_size != 0:
+            raise InvalidInputError("batch_size must be >= 2 (resample needs a donor in the "
+                                    "batch), or 0 to choose it from the memory budget")
+        if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
+            raise InvalidInputError("memory_budget_bytes must be > 0 (None: the free memory)")
         if self.max_offset < 1:
             raise InvalidInputError("max_offset must be >= 1")
         if self.position_chunk < 1:
             raise InvalidInputError("position_chunk must be >= 1")
+
+    @property
+    def auto_batch(self) -> bool:
+        """Whether batch size and position chunk are chosen from the memory budget."""
+        return self.batch_size == 0
 
 
 def atlas_hook_names(layers: Sequence[int], positions: bool) -> tuple[list[str], list[str]]:

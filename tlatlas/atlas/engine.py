@@ -7,12 +7,17 @@ clean model once and keep the activations the sweep will reuse. :func:`clean_bat
 that prologue, written once.
 """
 
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
 
 from tlatlas.errors import InvalidInputError
 from tlatlas.models.forward import CleanRun, clean_run
 from tlatlas.models.loading import LoadedModel
+from tlatlas.models.memory import MemoryBackoffWarning, is_out_of_memory, release_cached_memory
 from tlatlas.tasks import Example
 from tlatlas.tokens import TokenBatch, encode_batch
 
@@ -31,18 +36,75 @@ class CleanBatch:
     """Scored logits, cached activations and keys/values of the clean forward."""
 
 
+def by_family(examples: Sequence[Example]) -> dict[str, list[Example]]:
+    """Examples grouped by family, families in first-seen order."""
+    groups: dict[str, list[Example]] = {}
+    for ex in examples:
+        groups.setdefault(ex.family, []).append(ex)
+    return groups
+
+
 def family_batches(examples: Sequence[Example], batch_size: int) -> list[list[Example]]:
     """Batches of one family each, in suite order; a lone leftover joins the previous batch."""
-    by_family: dict[str, list[Example]] = {}
-    for ex in examples:
-        by_family.setdefault(ex.family, []).append(ex)
     batches: list[list[Example]] = []
-    for exs in by_family.values():
+    for exs in by_family(examples).values():
         chunks = [exs[i:i + batch_size] for i in range(0, len(exs), batch_size)]
         if len(chunks) > 1 and len(chunks[-1]) == 1:
             chunks[-2].extend(chunks.pop())
         batches.extend(chunks)
     return batches
+
+
+def _take(rest: list[Example], size: int) -> int:
+    # as family_batches: a lone leftover joins the batch before it
+    return len(rest) if len(rest) - size <= 1 else size
+
+
+def run_family_batches(examples: Sequence[Example], batch_sizes: Mapping[str, int] | int,
+                       step: Callable[[tuple[Example, ...], int], None], *,
+                       device: torch.device | str, min_batch: int = 2,
+                       what: str = "sweep") -> int:
+    """Call ``step(batch_examples, batch_index)`` on the family batches of ``examples``
+    (the batches :func:`family_batches` makes, with a size per family), halving a batch
+    that runs out of memory and retrying it.
+
+    ``step`` must change nothing the caller keeps until its last statement (an
+    out-of-memory error part-way leaves no trace). After a halving every later batch is
+    scaled down by the same factor; each halving issues a :class:`MemoryBackoffWarning`.
+    Batch indices count the batches that ran, so without a halving they are those of
+    :func:`clean_batches`. Returns the number of halvings; re-raises the error when a
+    batch of ``min_batch`` examples does not fit.
+    """
+    groups = by_family(examples)
+    planned = {f: batch_sizes if isinstance(batch_sizes, int) else batch_sizes[f] for f in groups}
+    if any(s < 1 for s in planned.values()):
+        raise InvalidInputError(f"batch sizes must be >= 1, got {planned}")
+    scale, halvings, index = Fraction(1), 0, 0
+    for fam, rest in groups.items():
+        while rest:
+            size = max(min(min_batch, planned[fam]), int(planned[fam] * scale))
+            n = _take(rest, size)
+            exs = tuple(rest[:n])
+            try:
+                step(exs, index)
+                failed = None
+            except Exception as err:  # re-raised unless it is an allocation failure
+                if not is_out_of_memory(err) or len(exs) <= min_batch:
+                    raise
+                failed = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+            if failed is None:
+                del rest[:n]
+                index += 1
+                continue
+            # out of the except block: the traceback no longer pins the batch's tensors
+            release_cached_memory(device)
+            half = max(min_batch, len(exs) // 2)
+            scale = min(scale, Fraction(half, planned[fam]))
+            halvings += 1
+            warnings.warn(MemoryBackoffWarning(
+                f"{what}: out of memory on a batch of {len(exs)} {fam!r} examples "
+                f"({failed}); retrying with batches of {half}"), stacklevel=2)
+    return halvings
 
 
 

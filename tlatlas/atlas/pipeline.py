@@ -4,6 +4,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from tlatlas.atlas.attribution import attribution_sums
 from tlatlas.atlas.config import AtlasConfig, atlas_hook_names
 from tlatlas.atlas.distributed import (
     DistContext,
@@ -13,8 +14,10 @@ from tlatlas.atlas.distributed import (
     fault_hook,
     max_over_ranks,
 )
+from tlatlas.atlas.estimators import FIRST_ORDER, Estimator
 from tlatlas.atlas.store import Atlas, AtlasMeta
 from tlatlas.atlas.sweep import compute_atlas_sums, reference_stats
+from tlatlas.atlas.verify import DEFAULT_ESTIMATOR, VerifyConfig, verify_sums
 from tlatlas.errors import InvalidInputError
 from tlatlas.models import LoadedModel, check_layers, dtype_label
 from tlatlas.tasks import build_suite
@@ -54,11 +57,22 @@ def build_atlas(
     command: str = "",
     on_batch: Callable[[int], None] | None = None,
     dist: DistContext | None = None,
+    estimator: Estimator | None = None,
+    steps: int | None = None,
+    top_k: int = 5,
+    patience: int | None = None,
 ) -> Atlas:
     """Compute the atlas of ``model`` on the suite ``spec`` describes.
 
-    ``method`` overrides ``config.method`` and also accepts ``attribution`` (the
-    gradient estimate of :mod:`tlatlas.attribution`).
+    ``method`` overrides ``config.method`` and also accepts ``attribution`` (a gradient
+    estimate: :mod:`tlatlas.atlas.attribution`, :mod:`tlatlas.atlas.estimators`) and
+    ``verify`` (estimate, then verify the top ``top_k`` entries of every ranking exactly:
+    :mod:`tlatlas.atlas.verify`; ``patience`` as there).
+
+    ``estimator`` picks the estimate of ``attribution`` / ``verify`` (default: first
+    order for ``attribution``, :data:`~tlatlas.atlas.verify.DEFAULT_ESTIMATOR` for
+    ``verify``); ``steps`` overrides its number of path points (``attribution`` with
+    ``steps >= 2`` and no estimator: the shared-path integrated gradients, ``ig_joint``).
 
     ``dist`` (a joined process group, :mod:`tlatlas.distributed`): call on every rank;
     each scores the slice ``(rank, world_size)`` of the suite and of the reference set,
@@ -70,7 +84,14 @@ def build_atlas(
         raise InvalidInputError("a distributed run shards by rank; do not also give a shard")
     part = dist.shard if dist is not None else spec.shard
     method = method or config.method
+    if method not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    est, verify = _estimate_settings(method, estimator, steps, top_k, patience)
+    if dist is not None and method == "verify":
+        raise InvalidInputError("verify picks entries from the whole suite's estimate; run it "
+                                "in one process (or per shard with --shard)")
     timings: dict[str, float] = {}
+    record: dict = {}
     suite = build_suite(spec.kind, seed=spec.seed, per_family=spec.per_family,
                         families=list(spec.families) if spec.families else None)
     scored = suite.shard(*part) if part else suite
@@ -84,7 +105,8 @@ def build_atlas(
         ref_part = ref.shard(*dist.shard) if dist is not None else ref
         with collective_step(dist, "reference statistics"):
             means = reference_stats(model, list(ref_part), value_hooks,
-                                    batch_size=config.batch_size)
+                                    batch_size=config.batch_size,
+                                    memory_budget_bytes=config.memory_budget_bytes)
         if dist is not None:  # every rank ablates with the means of the whole reference set
             means = all_reduce_role_stats(means, dist)
         ref_hash = ref.content_hash
@@ -93,13 +115,16 @@ def build_atlas(
     on_batch = _chain(on_batch, fault_hook(dist))
     with collective_step(dist, "atlas sweep"):
         if method == "attribution":
-            from tlatlas.atlas.attribution import attribution_sums
-
             sums = attribution_sums(model, list(scored), ablation=config.ablation, means=means,
                                     batch_size=config.batch_size, positions=config.positions,
                                     layers=layers, families=suite.families,
                                     positions_ablated=config.positions_ablated,
-                                    on_batch=on_batch)
+                                    on_batch=on_batch, estimator=est)
+            record = {"estimator": est.to_dict()}
+        elif method == "verify":
+            sums, record = verify_sums(model, list(scored), replace(config, layers=layers),
+                                       verify, families=suite.families, means=means,
+                                       on_batch=on_batch)
         else:
             sums = compute_atlas_sums(model, list(scored), replace(config, method=method),
                                       families=suite.families, means=means, on_batch=on_batch)
@@ -117,8 +142,29 @@ def build_atlas(
         world_size=dist.world_size if dist is not None else 1,
         positions_ablated=config.positions_ablated, correct_only=config.correct_only,
         min_family_examples=config.min_family_examples, dtype=dtype_label(model.dtype),
+        estimate=record,
     )
     return Atlas(sums=sums, meta=meta)
+
+
+METHODS = ("exact", "naive", "attribution", "verify")
+"""What :func:`build_atlas` accepts as ``method``."""
+
+
+def _estimate_settings(method: str, estimator: Estimator | None, steps: int | None,
+                       top_k: int, patience: int | None
+                       ) -> tuple[Estimator | None, VerifyConfig | None]:
+    if method == "attribution":
+        est = estimator or (FIRST_ORDER if steps in (None, 1) else
+                            Estimator(method="ig_joint", steps=steps))
+        return (est if steps is None else replace(est, steps=steps)), None
+    if method == "verify":
+        est = estimator or DEFAULT_ESTIMATOR
+        est = est if steps is None else replace(est, steps=steps)
+        return est, VerifyConfig(top_k=top_k, patience=patience, estimator=est)
+    if estimator is not None or steps is not None:
+        raise InvalidInputError(f"estimator and steps apply to attribution and verify, not {method}")
+    return None, None
 
 
 def _chain(*callbacks: Callable[[int], None] | None) -> Callable[[int], None] | None:

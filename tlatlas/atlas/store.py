@@ -47,7 +47,7 @@ class AtlasMeta:
     ablation: str
     """``zero``, ``mean`` or ``resample``."""
     method: str
-    """``exact``, ``naive`` or ``attribution``."""
+    """``exact``, ``naive``, ``attribution`` or ``verify`` (estimate, then verify)."""
     n_examples: int
     """Examples scored (in this shard, if sharded)."""
     shard: tuple[int, int] | None = None
@@ -74,6 +74,11 @@ class AtlasMeta:
     """Families scored on fewer examples are left out of the hub."""
     dtype: str = "fp32"
     """The dtype the model computed in (``fp32``, ``bf16``, ...)."""
+    estimate: dict[str, Any] = field(default_factory=dict)
+    """For ``attribution`` and ``verify``: the estimator (method, steps); for ``verify``
+    also top_k, patience, rank metric, the stopping rule, entries and cells verified out
+    of how many, layer rounds and the seconds of each stage. Empty for exact atlases.
+    Added without a format bump: older files load with the default."""
     format_version: int = ATLAS_FORMAT_VERSION
     """The file format it was read from (1: sums only, no per-example effects)."""
 
@@ -151,6 +156,10 @@ def load_atlas(stem: str | os.PathLike[str], *, fingerprint: Fingerprint | None 
                 int(tensors["count"].sum()) != n:
             raise AtlasFileError(f"{tensors_path}: per-example effects do not match the "
                                  f"counts ({n} rows, {int(tensors['count'].sum())} counted)")
+    if "layer.verified" in tensors and \
+            tensors["layer.verified"].shape != (len(COMPONENTS), n_l, f):
+        raise AtlasFileError(f"{tensors_path}: layer.verified does not match "
+                             f"{n_l} layers x {f} families")
     if fingerprint is not None and not force:
         fingerprint.check_matches(meta.fingerprint, what=f"atlas {meta_path}")
     sums = AtlasSums(families=tuple(header["families"]), layers=tuple(header["layers"]),

@@ -11,7 +11,7 @@ effect on failures).
 from collections.abc import Sequence
 from typing import Any
 
-from tlatlas.atlas.hubs import hub_evidence, hub_summary
+from tlatlas.atlas.hubs import hub_evidence, hub_summary, verified_layers
 from tlatlas.atlas.store import Atlas
 from tlatlas.stats import DEFAULT_REPLICATES
 
@@ -38,7 +38,10 @@ def seed_entry(atlas: Atlas, *, metric: str = "kl", component: str = "block",
         "seed": m.seed, "n_examples": m.n_examples, "ablation": m.ablation,
         "positions_ablated": m.positions_ablated, "method": m.method, "dtype": m.dtype,
         "correct_only": m.correct_only, "metric": metric, "component": component,
-        "layers": list(atlas.sums.layers), "hub_layer": point.hub_layer,
+        # the layers the hub and the effects below are over: the exact ones (all layers
+        # but for an estimate-then-verify atlas); ``swept_layers``: every layer mapped
+        "layers": list(verified_layers(atlas.sums, component)),
+        "swept_layers": list(atlas.sums.layers), "hub_layer": point.hub_layer,
         "family_argmax": point.family_argmax, "excluded_families": point.excluded,
         "clean": clean_accuracy(atlas),
     }

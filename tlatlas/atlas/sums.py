@@ -14,8 +14,13 @@ from tlatlas.models.forward import CleanRun
 from tlatlas.tokens import ROLES, TokenBatch
 
 EXAMPLE_KEYS = ("example.id", "example.family", "example.layer", "example.clean_correct",
-                "example.clean_logp", "example.role")
-"""Per-example tensors (the ``[..., example]`` axis), present in format-2 atlases."""
+                "example.clean_logp", "example.role", "example.role_verified")
+"""Per-example tensors (the ``[..., example]`` axis), present in format-2 atlases
+(``example.role_verified`` only in estimate-then-verify atlases with positions)."""
+VERIFY_KEYS = ("layer.verified", "layer.estimate", "role.verified", "role.estimate",
+               "offset.verified", "offset.estimate", "example.role_verified")
+"""Tensors of an estimate-then-verify atlas (:mod:`tlatlas.atlas.verify`); absent in
+exact and estimate-only atlases. Counts and sums: they add when shards merge."""
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -48,7 +53,15 @@ class AtlasSums:
     ``example.layer`` [metric component layer example], ``example.clean_correct`` and
     ``example.clean_logp`` [example]; with positions ``example.role``
     [metric pcomp layer role example] (the mean over the example's positions of that
-    role; NaN where it has none)."""
+    role; NaN where it has none).
+    Estimate-then-verify atlases (:data:`VERIFY_KEYS`) add ``layer.verified``
+    [component layer family] (examples whose value is exact: an entry is exact where it
+    equals ``count``), ``layer.estimate`` [metric component layer family] (the summed
+    estimate of every entry), with positions ``role.verified`` [pcomp layer role family]
+    / ``offset.verified`` [pcomp layer offset family] (exact cells, against
+    ``role.count`` / ``offset.count``), ``role.estimate`` / ``offset.estimate`` (shaped as
+    ``role.sum`` / ``offset.sum``) and ``example.role_verified`` [pcomp layer role example]
+    (the share of the example's cells of that role that are exact)."""
     _rows: dict[str, list[Tensor]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
@@ -78,6 +91,11 @@ class AtlasSums:
     def has_examples(self) -> bool:
         """Whether per-example effects are stored (format 2; needed for intervals)."""
         return "example.layer" in self.tensors
+
+    @property
+    def has_verified(self) -> bool:
+        """Whether entries are marked exact or estimated (an estimate-then-verify atlas)."""
+        return "layer.verified" in self.tensors
 
     @property
     def n_examples(self) -> int:

@@ -15,7 +15,7 @@ ranks merge exactly and memory does not grow with the number of examples.
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Float
@@ -30,6 +30,7 @@ from tlatlas.atlas.ablation import (
     resample_donors,
     write_hook,
 )
+from tlatlas.atlas.batching import BatchPlan, plan_atlas_batches
 from tlatlas.atlas.config import (
     COMPONENT_HOOKS,
     COMPONENTS,
@@ -38,7 +39,7 @@ from tlatlas.atlas.config import (
     Method,
     atlas_hook_names,
 )
-from tlatlas.atlas.engine import CleanBatch, clean_batches
+from tlatlas.atlas.engine import CleanBatch, clean_batches, run_clean, run_family_batches
 from tlatlas.atlas.sums import AtlasSums, accumulate
 from tlatlas.errors import InvalidInputError
 from tlatlas.hooks import hook_name
@@ -46,7 +47,7 @@ from tlatlas.metrics import METRICS, effects, stack_effects
 from tlatlas.models.forward import CleanRun, prefix_cache, run_from_layer
 from tlatlas.models.loading import LoadedModel, check_layers
 from tlatlas.tasks import Example
-from tlatlas.tokens import TokenBatch
+from tlatlas.tokens import TokenBatch, encode_batch
 
 # --------------------------------------------------------------------------- one batch
 
@@ -191,9 +192,17 @@ def _prefix(model: LoadedModel, clean: CleanRun, rows: Tensor, p: int):
 
 
 def reference_stats(model: LoadedModel, examples: Sequence[Example], hook_names: Sequence[str],
-                    *, batch_size: int = 8) -> dict[str, RoleStats]:
-    """Per-role sums and counts of each hook's activation over a reference set (streaming)."""
+                    *, batch_size: int = 8, memory_budget_bytes: int | None = None
+                    ) -> dict[str, RoleStats]:
+    """Per-role sums and counts of each hook's activation over a reference set (streaming).
+
+    ``batch_size=0`` chooses it from ``memory_budget_bytes`` (default: the free memory)."""
     stats = {n: RoleStats.zeros(model.d_model) for n in hook_names}
+    if batch_size == 0:
+        layers = len({n.split(".")[1] for n in hook_names})
+        batch_size = min(p.batch_size for p in plan_atlas_batches(
+            model, examples, layers_swept=layers, positions=True, position_chunk=1,
+            budget=memory_budget_bytes).values())
     for cb in clean_batches(model, examples, hook_names, batch_size=batch_size):
         for n in hook_names:
             stats[n].add(cb.clean.acts[n], cb.batch.roles)
@@ -215,6 +224,17 @@ def ablation_batch(model: LoadedModel, cb: CleanBatch, config: AtlasConfig,
                          uids=tuple(ex.uid for ex in cb.examples))
 
 
+def atlas_batch_plans(model: LoadedModel, examples: Sequence[Example], config: AtlasConfig
+                      ) -> dict[str, BatchPlan] | None:
+    """Per-family batch plans of a sweep with ``config.batch_size == 0`` (None otherwise)."""
+    if not config.auto_batch:
+        return None
+    layers = check_layers(model, config.layers)
+    return plan_atlas_batches(model, examples, layers_swept=len(layers),
+                              positions=config.positions, position_chunk=config.position_chunk,
+                              method=config.method, budget=config.memory_budget_bytes)
+
+
 def compute_atlas_sums(
     model: LoadedModel,
     examples: Sequence[Example],
@@ -227,26 +247,39 @@ def compute_atlas_sums(
     """Sweep every layer (and position) over ``examples`` and return the summed effects.
 
     ``means`` (required for mean ablation) come from :func:`reference_stats` on a
-    reference set that is not the scored examples.
+    reference set that is not the scored examples. With ``config.batch_size == 0`` each
+    family's batch size and position chunk come from the memory budget
+    (:func:`atlas_batch_plans`). A batch that runs out of memory is halved and retried,
+    with a :class:`~tlatlas.models.memory.MemoryBackoffWarning`.
     """
     layers = check_layers(model, config.layers)
     if config.ablation == "mean" and means is None:
         raise InvalidInputError("mean ablation needs reference statistics (reference_stats)")
     fams = tuple(families) if families is not None else tuple(dict.fromkeys(e.family for e in examples))
     sums = AtlasSums.empty(fams, layers, positions=config.positions, max_offset=config.max_offset)
+    plans = atlas_batch_plans(model, examples, config)
+    sizes = {f: p.batch_size for f, p in plans.items()} if plans else config.batch_size
     if config.correct_only:
-        examples, seen = correct_examples(model, examples, fams, batch_size=config.batch_size,
+        examples, seen = correct_examples(model, examples, fams, batch_size=sizes,
                                           resample=config.ablation == "resample")
     value_hooks, cached_hooks = atlas_hook_names(layers, config.positions)
     hooks = sorted({h.split(".", 2)[2] for h in value_hooks})
-    for cb in clean_batches(model, examples, cached_hooks, batch_size=config.batch_size):
+
+    def step(exs: tuple[Example, ...], index: int) -> None:
+        batch = encode_batch(exs, model.tokenizer)
+        cb = CleanBatch(index=index, examples=exs, batch=batch,
+                        clean=run_clean(model, batch, cached_hooks))
         ctx = ablation_batch(model, cb, config, means, layers, hooks)
         layer_e = layer_effects(ctx, layers, config.method)
-        pos_e = (position_effects(ctx, layers, config.method, config.position_chunk)
-                 if config.positions else None)
-        accumulate(sums, cb.batch, cb.clean, layer_e, pos_e, ctx.uids)
+        chunk = plans[exs[0].family].position_chunk if plans else config.position_chunk
+        pos_e = position_effects(ctx, layers, config.method, chunk) if config.positions else None
+        # the scored logits to the CPU first: accumulating cannot fail half-way on the device
+        clean = replace(cb.clean, scored_logits=cb.clean.scored_logits.cpu())
+        accumulate(sums, batch, clean, layer_e, pos_e, ctx.uids)
         if on_batch is not None:
-            on_batch(len(cb.batch))
+            on_batch(len(batch))
+
+    run_family_batches(examples, sizes, step, device=model.device, what="atlas sweep")
     if not config.correct_only:
         seen = {"seen.count": sums.tensors["count"].clone(),
                 "seen.correct": sums.tensors["clean.correct"].clone()}
@@ -255,7 +288,7 @@ def compute_atlas_sums(
 
 
 def correct_examples(model: LoadedModel, examples: Sequence[Example], families: Sequence[str],
-                     *, batch_size: int, resample: bool = False
+                     *, batch_size: int | dict[str, int], resample: bool = False
                      ) -> tuple[list[Example], dict[str, Tensor]]:
     """The examples whose clean top-1 is the answer, and per-family counts of all examples
     seen and of the correct ones (``seen.count``, ``seen.correct`` [family], fp64).
@@ -265,12 +298,18 @@ def correct_examples(model: LoadedModel, examples: Sequence[Example], families: 
     kept: list[Example] = []
     count = torch.zeros(len(families), dtype=torch.float64)
     correct = torch.zeros(len(families), dtype=torch.float64)
-    for cb in clean_batches(model, examples, [], batch_size=batch_size):
-        hit = (cb.clean.scored_logits.argmax(-1).cpu() == cb.batch.target).tolist()
-        f = families.index(cb.batch.families[0])
+
+    def step(exs: tuple[Example, ...], index: int) -> None:
+        batch = encode_batch(exs, model.tokenizer)
+        top = run_clean(model, batch, []).scored_logits.argmax(-1).cpu()
+        hit = (top == batch.target).tolist()
+        f = families.index(batch.families[0])
         count[f] += len(hit)
         correct[f] += sum(hit)
-        kept.extend(ex for ex, h in zip(cb.examples, hit, strict=True) if h)
+        kept.extend(ex for ex, h in zip(exs, hit, strict=True) if h)
+
+    run_family_batches(examples, batch_size, step, device=model.device, min_batch=1,
+                       what="correct-only filter")
     if resample:
         per_family = Counter(ex.family for ex in kept)
         kept = [ex for ex in kept if per_family[ex.family] >= 2]

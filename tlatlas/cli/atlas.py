@@ -4,11 +4,12 @@ import argparse
 import sys
 
 from tlatlas.cli.common import (
-    add_batch_size,
     add_families,
+    add_memory_batching,
     add_model_arg,
     add_suite_args,
     fail,
+    format_bytes,
     hub_table,
     non_negative_int,
     output_dir,
@@ -16,12 +17,27 @@ from tlatlas.cli.common import (
     role_table,
     shard,
     suite_from_args,
+    warnings_as_lines,
 )
 
+# spelled out so that `--help` does not import torch; tests check each against the library
 POSITION_CHOICES = ["all", "all-but-bos", "bos-only"]
-"""tlatlas.atlas.ablation.POSITION_POLICIES, spelled out so `--help` does not import torch."""
+"""tlatlas.atlas.ablation.POSITION_POLICIES."""
 DEFAULT_POSITIONS = "all-but-bos"
-"""AtlasConfig's default (tests check both stay in step with the library)."""
+"""AtlasConfig's default."""
+METHOD_CHOICES = ["exact", "naive", "attribution", "verify"]
+"""tlatlas.atlas.pipeline.METHODS."""
+ESTIMATED = ("attribution", "verify")
+"""The methods that rank or fill entries by an estimate (--estimator, --steps)."""
+ESTIMATOR_CHOICES = ["first_order", "bound", "graddrop", "ig_joint", "ig"]
+"""tlatlas.atlas.estimators.ESTIMATOR_METHODS, and first_order (ig_joint with one point)."""
+FIRST_ORDER_ESTIMATORS = ("first_order", "bound", "graddrop")
+"""Estimators of one point: --steps does not apply."""
+DEFAULT_TOP_K = 5
+"""VerifyConfig's (and build_atlas's) default top_k."""
+DTYPE_CHOICES = ["fp32", "bf16", "fp16"]
+"""tlatlas.models.DTYPES."""
+DEFAULT_BATCH_SIZE = 8
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
@@ -47,6 +63,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
 
 def _atlas(args: argparse.Namespace, dist) -> int:
     """Build and write the atlas of each seed; under torchrun rank 0 alone writes and prints."""
+    from dataclasses import replace
     from pathlib import Path
 
     from tqdm import tqdm
@@ -55,15 +72,18 @@ def _atlas(args: argparse.Namespace, dist) -> int:
     from tlatlas.atlas.distributed import collective_step
     from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
     from tlatlas.atlas.store import save_atlas
-    from tlatlas.atlas.summary import seed_entry
     from tlatlas.models import check_layers
+    from tlatlas.models.memory import MemoryBackoffWarning, default_budget
 
     primary = dist is None or dist.is_primary
     shard = args.shard
     part = dist.shard if dist is not None else shard
     # every argument is checked before the model loads: a bad one fails in a second
+    if args.memory_budget is not None and args.batch_size != 0:
+        fail("--memory-budget applies to --batch-size auto (a fixed batch size plans nothing)")
+    estimate = _estimate_args(args)
     config = AtlasConfig(ablation=args.ablation, positions=args.positions,
-                         batch_size=args.batch_size,
+                         batch_size=args.batch_size, memory_budget_bytes=args.memory_budget,
                          method="naive" if args.method == "naive" else "exact",
                          layers=tuple(args.layers) if args.layers else None,
                          positions_ablated=args.positions_ablated,
@@ -73,21 +93,25 @@ def _atlas(args: argparse.Namespace, dist) -> int:
     for suite in suites.values():
         if part is not None:
             suite.shard(*part)  # too few examples for this many shards raises here
-    model = _load_model(args.model, dist)
+    model = _load_model(args.model, dist, args.dtype)
     check_layers(model, config.layers)
+    if config.auto_batch and config.memory_budget_bytes is None:
+        # read the free memory once, so every seed's plan (and the one printed) is the sweep's
+        config = replace(config, memory_budget_bytes=default_budget(model.device))
     out = Path(args.out)
     command = args.command_line
-    rows = []
+    rows, values = [], {}
     for seed, suite in suites.items():
         spec = SuiteSpec(kind=args.suite, seed=seed, per_family=args.per_family,
                          families=tuple(args.families) if args.families else None, shard=shard)
-        total = len(suite.shard(*part)) if part is not None else len(suite)
-        with tqdm(total=total, desc=f"atlas seed {seed}", unit="ex", file=sys.stderr,
-                  disable=not primary) as bar:
+        scored = suite.shard(*part) if part is not None else suite
+        if config.auto_batch and primary:
+            _print_batch_plans(model, scored, config, seed)
+        with tqdm(total=len(scored), desc=f"atlas seed {seed}", unit="ex", file=sys.stderr,
+                  disable=not primary) as bar, warnings_as_lines(MemoryBackoffWarning):
             atlas = build_atlas(model, spec, config, method=args.method, command=command,
-                                on_batch=bar.update, dist=dist)
-        # attribution estimates dlogp only (first-order KL is zero at the clean point)
-        metric = "dlogp" if args.method == "attribution" else "kl"
+                                on_batch=bar.update, dist=dist, **estimate)
+        metric = table_metric(atlas.meta.method, atlas.meta.estimate)
         stem = out / (f"seed{seed}" + (f".shard{shard[0]}of{shard[1]}" if shard else ""))
         with collective_step(dist, "writing the atlas"):  # every rank learns if it failed
             paths = save_atlas(atlas, stem) if primary else None
@@ -96,12 +120,16 @@ def _atlas(args: argparse.Namespace, dist) -> int:
         ranks = f", {dist.world_size} ranks" if dist is not None else ""
         print(f"wrote {paths[1]}  ({atlas.meta.n_examples} examples, "
               f"{atlas.meta.timings.get('sweep', 0):.1f}s{ranks})", file=sys.stderr)
+        values[seed] = exactness(atlas)
         if shard is None:  # a shard's hub says nothing: the table waits for the merge
-            rows.append(seed_entry(atlas, metric=metric))
+            rows.append(table_entry(atlas, metric=metric))
     if not primary:
         return 0
     print(f"model {args.model} ({model.fingerprint.short})  suite {args.suite}  "
-          f"ablation {args.ablation}  method {args.method}")
+          f"ablation {args.ablation}  method {args.method}  dtype {atlas.meta.dtype}")
+    if args.method in ESTIMATED:
+        for seed, v in values.items():
+            print((f"seed {seed} " if len(values) > 1 else "") + exactness_line(v))
     if shard is not None:
         print(f"shard {shard[0]}/{shard[1]}: no hub table for a part of the suite; "
               "`tlatlas merge` the shards, then `tlatlas show`")
@@ -112,27 +140,184 @@ def _atlas(args: argparse.Namespace, dist) -> int:
     return 0
 
 
-def _load_model(source: str, dist):
-    """Load on this rank's device. Under torchrun local rank 0 loads first, so a first-use
-    conversion (a GGUF into the cache) runs once per machine and the others read the cache."""
-    from tlatlas.atlas.distributed import collective_step
-    from tlatlas.models import load_model
+def _estimate_args(args: argparse.Namespace) -> dict:
+    """``build_atlas``'s keyword arguments from --estimator/--steps/--top-k/--patience,
+    checked before anything loads (each option that does not apply is an error)."""
+    from tlatlas.atlas.attribution import check_attribution_kind
+    from tlatlas.atlas.estimators import FIRST_ORDER, Estimator
+    from tlatlas.atlas.verify import DEFAULT_ESTIMATOR, VerifyConfig
+    from tlatlas.errors import InvalidInputError
 
+    method = args.method
+    given = {o: v for o, v in (("--estimator", args.estimator), ("--steps", args.steps),
+                               ("--top-k", args.top_k), ("--patience", args.patience))
+             if v is not None}
+    verify_only = [o for o in given if o in ("--top-k", "--patience")]
+    if method != "verify" and verify_only:
+        fail(f"{_listed(verify_only)} to --method verify (the entries it computes exactly), "
+             f"not {method}")
+    if method not in ESTIMATED and given:
+        fail(f"{_listed(given)} to --method attribution or verify, not {method}")
+    if method not in ESTIMATED:
+        return {}
+    if args.batch_size == 0:
+        fail(f"--batch-size auto works with --method exact and naive; give --method {method} "
+             "a number")
+    try:
+        check_attribution_kind(args.ablation)
+    except InvalidInputError as err:
+        fail(f"--method {method}: {err}")
+    name, steps = args.estimator, args.steps
+    if name in FIRST_ORDER_ESTIMATORS and steps is not None:
+        fail(f"--estimator {name} takes one point; --steps applies to ig_joint and ig")
+    if name in ("ig_joint", "ig") and steps is None:
+        fail(f"--estimator {name} needs --steps N (points on the ablation path)")
+    if name is None and steps is not None and method == "verify":
+        fail("--steps needs --estimator ig_joint or ig: verify ranks by bound by default, "
+             "a first-order score")
+    if name is None:  # the method's default; for attribution --steps N >= 2 means ig_joint
+        estimator = None
+    elif name == "first_order":
+        estimator = FIRST_ORDER
+    else:
+        estimator = Estimator(method=name, steps=steps or 1)
+    if estimator is not None and estimator.method == "ig" and estimator.steps > 1 \
+            and args.positions:
+        fail("--estimator ig runs on the layer map only; drop --positions or use ig_joint")
+    kwargs: dict = {"estimator": estimator, "steps": None if estimator is not None else steps}
+    if method == "verify":
+        chosen = {"top_k": args.top_k or DEFAULT_TOP_K, "patience": args.patience}
+        VerifyConfig(**chosen, estimator=estimator or DEFAULT_ESTIMATOR)  # its checks, now
+        kwargs.update(chosen)
+    return kwargs
+
+
+def _listed(options) -> str:
+    options = list(options)
+    return f"{', '.join(options)} {'applies' if len(options) == 1 else 'apply'}"
+
+
+def _print_batch_plans(model, examples, config, seed: int) -> None:
+    """The batch size (and position chunk) of each family, as the sweep will plan them."""
+    from tlatlas.atlas.sweep import atlas_batch_plans
+
+    examples = list(examples)
+    plans = atlas_batch_plans(model, examples, config)
+    n = {f: sum(ex.family == f for ex in examples) for f in plans}
+    chunk = (f"; position chunk {', '.join(f'{f} {p.position_chunk}' for f, p in plans.items())}"
+             if config.positions else "")
+    print(f"seed {seed}: batch size per family from a {format_bytes(config.memory_budget_bytes)} "
+          "budget: " + ", ".join(f"{f} {min(p.batch_size, n[f])} (up to {p.batch_size})"
+                                 for f, p in plans.items()) + chunk, file=sys.stderr)
+
+
+def _load_model(source: str, dist, dtype: str | None = None):
+    """Load on this rank's device, in ``dtype`` (a DTYPES label; None: the device's default).
+    Under torchrun local rank 0 loads first, so a first-use conversion (a GGUF into the
+    cache) runs once per machine and the others read the cache."""
+    from tlatlas.atlas.distributed import collective_step
+    from tlatlas.models import DTYPES, load_model
+
+    dt = DTYPES[dtype] if dtype is not None else None
     if dist is None:
-        return load_model(source)
+        return load_model(source, dtype=dt)
     model = None
     for first_wave in (True, False):
         with collective_step(dist, "loading the model"):
             if (dist.local_rank == 0) == first_wave:
-                model = load_model(source, device=dist.device)
+                model = load_model(source, device=dist.device, dtype=dt)
     return model
+
+
+def table_metric(method: str, estimate: dict, asked: str = "kl") -> str:
+    """The metric a table shows: an attribution atlas has KL only where its estimator
+    estimates it (a path of two or more points); otherwise dlogp."""
+    if method == "attribution" and asked == "kl" and estimate.get("estimator", {}).get(
+            "steps", 1) < 2:
+        return "dlogp"
+    return asked
+
+
+def table_entry(atlas, *, component: str = "block", **kwargs) -> dict:
+    """One seed's row of the hub table and of ``show --json``: :func:`seed_entry` (keyword
+    arguments as there) and ``values``: which values are exact (:func:`exactness`)."""
+    from tlatlas.atlas.summary import seed_entry
+
+    return {**seed_entry(atlas, component=component, **kwargs),
+            "values": exactness(atlas, component)}
+
+
+def exactness(atlas, component: str = "block") -> dict:
+    """Which of an atlas's values are exact, as plain data (``show --json``'s ``values``).
+
+    ``exact``: ``all`` (exact, naive), ``none`` (attribution: every value is the
+    estimate) or ``verified`` (estimate then verify: the verified entries are exact, the
+    others hold the estimate). With ``verified``: the layer entries exact out of how many,
+    the exact layers of each component, ``hub_layers`` (those of ``component``: the only
+    layers the hub and its evidence are taken over), position cells exact out of how many,
+    and the settings (top_k, patience, ...) from the metadata. Counts come from the
+    tensors, so they stay right when shards merge. ``estimated``: what an unverified value
+    holds."""
+    from tlatlas.atlas.config import COMPONENTS
+    from tlatlas.atlas.hubs import verified_layers
+
+    m, sums = atlas.meta, atlas.sums
+    record = m.estimate or {}
+    if m.method != "attribution" and not sums.has_verified:
+        return {"exact": "all", "method": m.method}
+    estimator = record.get("estimator")
+    out = {"exact": "verified" if sums.has_verified else "none", "method": m.method,
+           "estimator": estimator, "estimated": _estimated_values(estimator)}
+    if not sums.has_verified:
+        return out
+    exact = {c: list(verified_layers(sums, c)) for c in COMPONENTS}
+    out.update(entries=len(COMPONENTS) * len(sums.layers),
+               entries_verified=sum(len(v) for v in exact.values()), exact_layers=exact,
+               component=component, hub_layers=exact[component])
+    t = sums.tensors
+    if "role.verified" in t:  # role.verified [pcomp layer role family], role.count [role family]
+        pcomp, n_l = t["role.verified"].shape[:2]
+        out.update(cells=int(pcomp * n_l * t["role.count"].sum()),
+                   cells_verified=int(t["role.verified"].sum()))
+    out.update({k: record[k] for k in ("top_k", "patience", "rank_metric", "layer_ranking",
+                                       "layer_rounds", "rule") if k in record})
+    return out
+
+
+def _estimated_values(estimator: dict | None) -> str:
+    """What an estimated entry holds, for an estimator's record (method, steps, name)."""
+    from tlatlas.atlas.estimators import MAGNITUDE_METHODS
+
+    if not estimator:
+        return "the estimate"
+    if estimator["method"] in MAGNITUDE_METHODS:
+        return (f"{estimator['name']}: a magnitude score in the dlogp slot (not a signed "
+                "dlogp); kl and acc_drop NaN")
+    if int(estimator["steps"]) == 1:
+        return "first_order: the estimate of dlogp; kl and acc_drop NaN"
+    return f"{estimator['name']} ({estimator['steps']} steps): estimates of kl and dlogp; acc_drop NaN"
+
+
+def exactness_line(e: dict) -> str:
+    """:func:`exactness` in a line or two for the tables."""
+    if e["exact"] == "all":
+        return f"values: all exact ({e['method']})"
+    if e["exact"] == "none":
+        return f"values: all estimated, none exact ({e['estimated']})"
+    layers = "; ".join(f"{c} " + (",".join(f"L{x}" for x in v) or "none")
+                       for c, v in e["exact_layers"].items())
+    text = (f"values: {e['entries_verified']}/{e['entries']} layer entries exact ({layers}; "
+            f"top {e.get('top_k', '?')} settled, patience {e.get('patience', '?')})")
+    if "cells" in e:
+        text += f", position cells {e['cells_verified']}/{e['cells']} exact"
+    return (text + f"\n  the rest estimated by {e['estimated']}\n  hub over the exact "
+            f"{e['component']} layers only")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     import json
 
     from tlatlas.atlas.store import find_atlases, load_atlas
-    from tlatlas.atlas.summary import seed_entry
 
     stems = find_atlases(args.dir)
     if not stems:
@@ -142,16 +327,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not whole:
         fail(f"only shards in {args.dir}: run `tlatlas merge` first")
     m = whole[0].meta
-    metric = "dlogp" if m.method == "attribution" and args.metric == "kl" else args.metric
-    rows = [seed_entry(a, metric=metric, component=args.component, families=args.families,
-                       replicates=args.replicates) for a in whole]
+    metric = table_metric(m.method, m.estimate, args.metric)
+    rows = [table_entry(a, metric=metric, component=args.component, families=args.families,
+                        replicates=args.replicates) for a in whole]
     if args.json:
         print(json.dumps({"model": m.model, "fingerprint": m.fingerprint.to_dict(),
                           "suite_kind": m.suite_kind, "suite_hash": m.suite_hash,
                           "seeds": rows}, default=_json_default))
         return 0
     print(f"model {m.model} ({m.fingerprint.short})  suite {m.suite_kind} "
-          f"{m.suite_hash[:12]}  ablation {m.ablation}  method {m.method}")
+          f"{m.suite_hash[:12]}  ablation {m.ablation}  method {m.method}  dtype {m.dtype}")
+    if m.method in ESTIMATED:
+        for a, row in zip(whole, rows, strict=True):
+            prefix = f"seed {a.meta.seed} " if len(whole) > 1 else ""
+            print(prefix + exactness_line(row["values"]))
     hub_table(rows)
     if whole[0].sums.has_positions:
         role_table(whole[0].sums, metric)
@@ -186,10 +375,29 @@ def register(sub) -> None:
     p.add_argument("--positions", action="store_true",
                    help="also the position-resolved maps (one position ablated at a time; "
                         "slower)")
-    p.add_argument("--method", choices=["exact", "naive", "attribution"], default="exact",
+    p.add_argument("--method", choices=METHOD_CHOICES, default="exact",
                    help="exact: reuses the clean run (fast); naive: one full forward per "
                         "ablation (same numbers, slower); attribution: a gradient estimate "
-                        "of dlogp (default exact)")
+                        "(dlogp; KL too with --steps >= 2); verify: rank every entry by an "
+                        "estimate, compute the top of each ranking exactly until it is "
+                        "settled, and mark which values are exact (default exact)")
+    p.add_argument("--estimator", choices=ESTIMATOR_CHOICES, default=None,
+                   help="attribution and verify: what estimates each entry. first_order "
+                        "(attribution patching), bound (|r - a| |grad|, a magnitude), "
+                        "graddrop (AtP*), ig_joint (integrated gradients on one shared "
+                        "path), ig (each entry's own path; attribution's layer map only); "
+                        "ig_joint and ig need --steps (default: bound for verify; for "
+                        "attribution first_order, or ig_joint given --steps N >= 2)")
+    p.add_argument("--steps", type=positive_int, default=None, metavar="N",
+                   help="attribution and verify: points on the ablation path of ig_joint / "
+                        "ig (midpoint rule; 1 is first order); attribution without "
+                        "--estimator: N >= 2 means ig_joint")
+    p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
+                   help="verify: the entries of each ranking whose exact values must be "
+                        f"settled (default {DEFAULT_TOP_K})")
+    p.add_argument("--patience", type=positive_int, default=None, metavar="M",
+                   help="verify: stop a ranking once M verified entries in a row did not "
+                        "enter its exact top K (default 2K)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], metavar="SEED",
                    help="suite seeds, one atlas each (default 42)")
     p.add_argument("--layers", type=non_negative_int, nargs="+", default=None, metavar="L",
@@ -197,7 +405,10 @@ def register(sub) -> None:
     p.add_argument("--shard", type=shard, default=None, metavar="I/N",
                    help="score only slice I of N disjoint stratified slices, 0 <= I < N "
                         "(default: the whole suite); `tlatlas merge` joins them")
-    add_batch_size(p, 8)
+    add_memory_batching(p, DEFAULT_BATCH_SIZE)
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                   help="precision the model is loaded and run in; fp32 for exact numbers "
+                        "(default: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--positions-ablated", choices=POSITION_CHOICES, default=DEFAULT_POSITIONS,
                    help="which positions a layer ablation touches: every position, all but "
                         "BOS (an attention sink whose activation is the same in every "

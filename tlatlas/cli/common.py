@@ -7,8 +7,11 @@ user sees one ``tlatlas: error: ...`` line (:class:`Parser`).
 """
 
 import argparse
+import re
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -68,6 +71,53 @@ def positive_float(text: str) -> float:
 def non_negative_float(text: str) -> float:
     """A number >= 0 (a ridge strength)."""
     return _number(float, text, "a number >= 0", lambda v: 0 <= v != float("inf"))
+
+
+AUTO_BATCH = 0
+"""What ``--batch-size auto`` parses to (``AtlasConfig(batch_size=0)``: chosen from the
+memory budget)."""
+
+
+def batch_size_or_auto(text: str) -> int:
+    """``auto`` (:data:`AUTO_BATCH`) or a batch of at least 2 examples (resample ablation
+    draws each example's donor from its batch)."""
+    if text.strip().lower() == "auto":
+        return AUTO_BATCH
+    return _number(int, text, "auto or a whole number >= 2", lambda v: v >= 2)
+
+
+MEMORY_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+"""Units ``memory_size`` reads (case does not matter): decimal kB/MB/GB/TB, binary
+KiB/MiB/GiB/TiB, bytes with ``B`` or no unit."""
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def memory_size(text: str) -> int:
+    """A number of bytes > 0: ``2GiB``, ``1.5GiB``, ``500MB``, ``1073741824`` (bytes)."""
+    what = f"a size > 0 such as 2GiB, 500MB or 1073741824 (bytes), got {text!r}"
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or (unit and unit not in MEMORY_UNITS):
+        raise argparse.ArgumentTypeError(f"wants {what}")
+    number = match.group(1)
+    if unit in ("", "b"):  # whole bytes only
+        if not number.isdigit():
+            raise argparse.ArgumentTypeError(f"wants whole bytes or a unit: {what}")
+        size = int(number)
+    else:
+        size = int(float(number) * MEMORY_UNITS[unit])
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"wants {what}")
+    return size
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes in binary units, e.g. ``1.0 GiB``, ``512.0 MiB``."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def shard(text: str) -> tuple[int, int]:
@@ -195,6 +245,19 @@ def add_batch_size(p: argparse.ArgumentParser, default: int, what: str = "exampl
                    help=f"{what} per forward pass (default {default})")
 
 
+def add_memory_batching(p: argparse.ArgumentParser, default: int) -> None:
+    """``--batch-size auto|N`` and ``--memory-budget SIZE`` of a sweep that can choose its
+    batch from a memory budget (:mod:`tlatlas.atlas.batching`)."""
+    p.add_argument("--batch-size", type=batch_size_or_auto, default=default, metavar="auto|N",
+                   help="examples per forward pass, >= 2; auto: the largest batch (per "
+                        "family) that the memory budget allows, halved and retried if a "
+                        f"batch still runs out of memory (default {default})")
+    p.add_argument("--memory-budget", type=memory_size, default=None, metavar="SIZE",
+                   help="memory --batch-size auto may plan for, e.g. 2GiB, 500MB or bytes "
+                        "(default: 80%% of the device's free memory once the model is "
+                        "loaded)")
+
+
 def suite_from_args(args: argparse.Namespace, per_family: int | None = None, *,
                     seed: int | None = None):
     """The suite ``--suite/--seed/--per-family/--families`` name (library errors raise)."""
@@ -210,6 +273,28 @@ def fail(message: str) -> NoReturn:
     from tlatlas.errors import InvalidInputError
 
     raise InvalidInputError(message)
+
+
+@contextmanager
+def warnings_as_lines(*categories: type[Warning]) -> Iterator[None]:
+    """While the block runs, show each warning of ``categories`` (every time it is issued)
+    as one ``tlatlas: warning: ...`` line on stderr, above any progress bar; other
+    warnings are shown as before."""
+    from tqdm import tqdm
+
+    with warnings.catch_warnings():
+        for category in categories:
+            warnings.simplefilter("always", category)
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, categories):
+                tqdm.write(f"tlatlas: warning: {' '.join(str(message).split())}", file=sys.stderr)
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def run_bar(total: int | None, desc: str):
@@ -293,13 +378,24 @@ def hub_table(entries: list[dict]) -> None:
 
 def role_table(sums, metric: str) -> None:
     """Effect of ablating one position of each role, per layer (position bias)."""
+    import torch
+
     from tlatlas.atlas.sums import role_effect
     from tlatlas.tokens import ROLES
 
+    missing = False
     for comp in ("resid", "block"):
-        eff = role_effect(sums, metric, comp)  # [layer role]
+        eff = role_effect(sums, metric, comp)  # [layer role]; NaN: not exact, no estimate
+        known = ~torch.isnan(eff)
+        missing |= not bool(known.all())
+        means = [f"{r} {float(eff[:, i].mean()):.3f}" if known[:, i].all() else f"{r} n/a"
+                 for i, r in enumerate(ROLES)]
         print(f"position roles, {comp} ablated at one position ({metric}, mean over layers): "
-              + ", ".join(f"{r} {float(eff[:, i].mean()):.3f}" for i, r in enumerate(ROLES)))
-        top = {r: sums.layers[int(eff[:, i].argmax())] for i, r in enumerate(ROLES)}
-        print("  layer of largest effect per role: "
-              + ", ".join(f"{r} L{layer}" for r, layer in top.items()))
+              + ", ".join(means))
+        masked = torch.where(known, eff, -torch.inf)
+        top = [f"{r} L{sums.layers[int(masked[:, i].argmax())]}" if known[:, i].any() else
+               f"{r} n/a" for i, r in enumerate(ROLES)]
+        print("  layer of largest effect per role: " + ", ".join(top))
+    if missing:
+        print(f"  n/a: cells of that role are not all exact and the estimate gives no {metric}"
+              " (estimate then verify); largest effects are over the layers that have one")

@@ -1,6 +1,7 @@
 """Models: the registry of named models, fingerprints, GGUF conversion, loading (with the
-TransformerBridge), quantized copies, the forward passes that reuse a clean run, and the
-guarded TransformerLens shims. ``import tlatlas.models`` does not import bitsandbytes."""
+TransformerBridge), quantized copies, the forward passes that reuse a clean run, device
+memory budgets (:mod:`~tlatlas.models.memory`), and the guarded TransformerLens shims.
+``import tlatlas.models`` does not import bitsandbytes."""
 
 from tlatlas.models.fingerprint import Fingerprint, fingerprint_of, weights_sha256
 from tlatlas.models.gguf import dequantized_gguf_dir
