@@ -1,5 +1,5 @@
-"""Steering and quantization blocks: how steerable is each layer, against random directions,
-in quantized copies, and carried from one model to another?
+"""Steering and quantization blocks: how steerable is each layer, against random and
+partition directions, in quantized copies, and carried from one model to another?
 
 Smoke size (CPU, SmolLM2-135M, one seed):
 
@@ -7,22 +7,59 @@ Smoke size (CPU, SmolLM2-135M, one seed):
         --blocks quant-speed,steer-controls,steer-quant
     python -m experiments.run --models smollm2-135m gemma3-270m --size smoke --blocks steer-transfer
 
-Verdicts. These blocks record means over examples (and, for timings, one measurement), not
-per-example values, so they have no interval yet: every claim carries its n and the
-verdict *inconclusive* (no interval), or *smoke: not evidence* at smoke size, and none is
-a gem. Per-example steerability with intervals is the steering rework of issue 15.
+``steer-controls`` and ``steer-quant`` split each family's examples (``heldout_fraction``,
+so ``per_family`` >= 4 even at smoke size: two training prompts per family for the
+partition control's halves, two held out), estimate the vectors and the partition
+control on the training part (:func:`tlatlas.steering.fit_vectors`) and score the
+held-out part. Each records the KL grids of the vector and both controls, per-sign
+summaries (the most negative and the largest positive scale, and the smallest |s| of
+each sign), the per-layer slopes and specificity with 95% intervals
+(:func:`~tlatlas.steering.layer_steerability`), the most steerable layer per family and
+over all families (:func:`~tlatlas.steering.most_steerable`), and for each quantized row
+its amplification over the reference row with intervals
+(:func:`~tlatlas.steering.amplification_intervals`) and its clean drift
+(:func:`~tlatlas.steering.drift_stats`).
+
+Rule. Every interval is a 95% percentile bootstrap over the held-out examples (within
+families) and the control draws; n is the number of held-out examples. The verdict is
+:func:`experiments.blocks.base.judged`'s default: *supported* when the interval lies
+above 0, *contradicted* when below, else *inconclusive*; at smoke size every claim is
+*smoke: not evidence* and none is a gem.
+
+- ``steer-controls``: "the direction beats the random (partition) control" is the
+  specificity at the most steerable layer (vector slope minus the mean control slope,
+  nats of log p(answer) per unit s). That layer is chosen on the same held-out prompts
+  (the largest of the two specificities' minimum, among the steered layers), so its
+  interval is optimistic; a threat says so.
+- ``steer-quant``: "row P amplifies steering" is P's KL / the reference's KL (same
+  examples, paired) minus 1, at the reference's most steerable layer, at the smallest
+  |s| of each sign and at the most negative scale (the origin report's s = -4). A
+  vector whose amplification is no larger than the random control's, or a row whose
+  clean drift is as large as the steering KL, is a threat.
+- ``steer-transfer`` records means only (no per-example values): its claims carry n
+  and the verdict *inconclusive* (no interval), or *smoke: not evidence*.
 """
 
-from experiments.blocks.base import Block, Statement, by_model_size, register_block, size_costs
+import math
+
+from experiments.blocks.base import (
+    Block,
+    Statement,
+    by_model_size,
+    judged,
+    register_block,
+    size_costs,
+)
 from experiments.context import release_models
 
 QUANT_PRECISIONS = ("fp32", "bf16", "nf4-fp32", "nf4-bf16", "int8")
 
 
-def _claim(text: str, n: int, size: str, sources: tuple[str, ...]) -> Statement:
+def _claim(text: str, n: int, size: str, sources: tuple[str, ...], **origin) -> Statement:
     """A claim without an interval (the block's stated rule): never evidence on its own."""
     return Statement(kind="claim", text=text, sources=sources, n=int(n),
-                     verdict="smoke: not evidence" if size == "smoke" else "inconclusive")
+                     verdict="smoke: not evidence" if size == "smoke" else "inconclusive",
+                     **origin)
 
 
 def _sized(smoke: dict, small: dict, full: dict) -> dict:
@@ -37,11 +74,38 @@ def _layers(params: dict, n_layers: int) -> tuple[int, ...]:
     return tuple(range(0, n_layers, int(params.get("layer_stride", 1))))
 
 
-def _config(params: dict, n_layers: int):
+def _config(params: dict, n_layers: int | None = None):
+    """The sweep's :class:`~tlatlas.steering.SteeringConfig` from a block's parameters:
+    ``regime`` (its grid unless ``scales`` is given), draws, held-out fraction, layers."""
     from tlatlas.steering import SteeringConfig
 
-    return SteeringConfig(scales=tuple(float(s) for s in params["scales"]), layers=_layers(params, n_layers),
-                          random_draws=int(params["random_draws"]))
+    kw = {"regime": params.get("regime", "linear"),
+          "random_draws": int(params["random_draws"]),
+          "partition_draws": int(params.get("partition_draws", 0)),
+          "heldout_fraction": float(params.get("heldout_fraction", 0.5))}
+    if params.get("scales") is not None:
+        kw["scales"] = tuple(float(s) for s in params["scales"])
+    if n_layers is not None:
+        kw["layers"] = _layers(params, n_layers)
+    return SteeringConfig(**kw)
+
+
+def _interval(d: dict):
+    """A :class:`tlatlas.stats.Interval` from its ``to_dict``."""
+    from tlatlas.stats import Interval
+
+    return Interval(estimate=d["estimate"], ci_low=d["ci"][0], ci_high=d["ci"][1], n=d["n"])
+
+
+def _shifted(d: dict, by: float) -> dict:
+    return {**d, "estimate": d["estimate"] - by, "ci": [d["ci"][0] - by, d["ci"][1] - by]}
+
+
+def _ci(d: dict | None, signed: bool = True) -> str:
+    if d is None:
+        return "n/a"
+    est = f"{d['estimate']:+.3g}" if signed else f"{d['estimate']:.3g}"
+    return f"{est} [{d['ci'][0]:.3g}, {d['ci'][1]:.3g}]"
 
 
 # --------------------------------------------------------------------------- quant speed
@@ -98,8 +162,11 @@ def summarize_quant_speed(results: dict[str, list[dict]]) -> list[Statement]:
             out.append(_claim(
                 f"{model} ({size}): {faster} is the faster quantized copy on this device "
                 f"(NF4/fp32-compute {p['nf4-fp32']['forward_s']:.3f}s vs int8 "
-                f"{p['int8']['forward_s']:.3f}s per pass, one timing each)", n, size,
-                (r["path"],)))
+                f"{p['int8']['forward_s']:.3f}s per pass, median of "
+                f"{r['params'].get('repeats', '?')} timings each; a CPU timing says nothing of "
+                "the CUDA kernels the origin report timed)",
+                n, size, (r["path"],), origin="nf4-vs-int8-speed", model=model,
+                value=f"int8 / NF4 time {p['int8']['forward_s'] / p['nf4-fp32']['forward_s']:.2f}"))
     return out
 
 
@@ -112,151 +179,346 @@ register_block(Block(
     cost=_cost(60, 150, 600), run=run_quant_speed, summarize=summarize_quant_speed))
 
 
-# --------------------------------------------------------------------------- steering + controls
+# --------------------------------------------------------------------------- steering records
 
 
-def _steering_summary(result) -> dict:
-    import torch
+def _plain(x):
+    """Tensors and nested lists as JSON: floats, NaN as None."""
+    if hasattr(x, "tolist"):
+        x = x.tolist()
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _iv(i) -> dict | None:
+    return None if i is None else i.to_dict()
+
+
+def _control(c) -> dict | None:
+    return None if c is None else {"mean": c.mean, "std": c.std, "draws": c.draws}
+
+
+def _layer_record(ls) -> dict:
+    """One :class:`~tlatlas.steering.steerability.LayerSteerability` as JSON."""
+    v = ls.vector
+    return {"layer": ls.layer, "slope": _iv(v.mean), "median": v.median, "q25": v.q25,
+            "q75": v.q75, "wrong_way": _iv(v.wrong_way), "random": _control(ls.random),
+            "partition": _control(ls.partition), "over_random": _iv(ls.over_random),
+            "over_partition": _iv(ls.over_partition), "specificity": ls.specificity,
+            "fit_scales": list(ls.fit_scales), "linear": ls.linear}
+
+
+def sign_scales(scales) -> dict[str, dict[str, float]]:
+    """Per sign present in the grid: its ``extreme`` scale (the most negative, the largest
+    positive) and its ``small`` one (the smallest |s| of that sign)."""
+    out = {}
+    for name, sign in (("negative", -1), ("positive", 1)):
+        side = [s for s in scales if s * sign > 0]
+        if side:
+            out[name] = {"extreme": max(side, key=abs), "small": min(side, key=abs)}
+    return out
+
+
+def steering_value(result) -> dict:
+    """What a steering block records of a :class:`~tlatlas.steering.SteeringResult`: KL
+    grids of the vector and both controls, per-sign summaries, and for every precision
+    row the per-layer slopes and specificity, the most steerable layer per family and
+    over all families (all with 95% intervals and n), and for each row but the reference
+    its amplification and drift."""
+    from tlatlas.steering import (
+        amplification_intervals,
+        drift_stats,
+        layer_steerability,
+        most_steerable,
+    )
 
     kl = result.mean_kl()  # [precision layer scale]
     rnd, rnd_std = result.random_kl()
-    scales = torch.tensor(result.scales)
-    top = int(scales.abs().argmax())
-    value = {"precisions": list(result.precisions), "layers": list(result.layers),
-             "scales": list(result.scales), "families": list(result.families),
-             "mean_kl": kl.tolist(), "random_kl": rnd.tolist(), "random_kl_std": rnd_std.tolist(),
-             "top_scale": float(scales[top]), "n_examples": result.meta.n_examples,
-             "suite_hash": result.meta.suite_hash,
-             "most_steerable": {p: {f: list(v) for f, v in result.most_steerable(p).items()}
-                                for p in result.precisions}}
-    # steering over random at the largest |scale|, per precision and layer
-    value["kl_over_random_at_top_scale"] = (kl[..., top] / rnd[..., top].clamp(min=1e-12)).tolist()
-    if "fp32" in result.precisions and len(result.precisions) > 1:
-        value["amplification"] = result.amplification("fp32").tolist()
-        value["forward_s"] = result.tensors["forward_s"].tolist()
-        value["slowdown"] = result.slowdown("fp32").tolist()
-    return value
+    par, par_std = result.partition_kl()
+    idx = {s: i for i, s in enumerate(result.scales)}
+    per_sign = {}
+    for name, cells in sign_scales(result.scales).items():
+        per_sign[name] = dict(cells)
+        for which, scale in cells.items():
+            i = idx[scale]
+            per_sign[name][f"{which}_kl_over_random"] = _plain(kl[..., i] / rnd[..., i])
+            per_sign[name][f"{which}_kl_over_partition"] = _plain(kl[..., i] / par[..., i])
+    steer, best, per_family, amp, drift = {}, {}, {}, {}, {}
+    for p in result.precisions:
+        rows = layer_steerability(result, p)
+        steer[p] = [_layer_record(r) for r in rows]
+        best[p] = _layer_record(max(rows, key=lambda r: r.specificity))
+        per_family[p] = {f: _layer_record(b) for f, b in most_steerable(result, p).items()}
+        if p == result.reference:
+            continue
+        a = amplification_intervals(result, p)
+        amp[p] = {name: None if grid is None else [[_iv(c) for c in row] for row in grid]
+                  for name, grid in (("vector", a.vector), ("random", a.random),
+                                     ("partition", a.partition))}
+        d = drift_stats(result, p)
+        drift[p] = None if d is None else {"kl": d.kl.to_dict(),
+                                           "top1_agreement": d.top1_agreement.to_dict()}
+    return {"config": result.meta.config, "precisions": list(result.precisions),
+            "reference": result.reference, "layers": list(result.layers),
+            "scales": list(result.scales), "families": list(result.families),
+            "n_examples": result.meta.n_examples, "n_train": int(result.train_ids.numel()),
+            "heldout": result.heldout, "scored_suite_hash": result.meta.suite_hash,
+            "random_draws": result.random_draws, "partition_draws": result.partition_draws,
+            "mean_kl": _plain(kl), "random_kl": _plain(rnd), "random_kl_std": _plain(rnd_std),
+            "partition_kl": _plain(par), "partition_kl_std": _plain(par_std),
+            "per_sign": per_sign, "steerability": steer, "best_layer": best,
+            "most_steerable": per_family, "amplification": amp, "drift": drift,
+            "forward_s": _plain(result.tensors["forward_s"]),
+            "slowdown": _plain(result.slowdown(result.reference))}
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def _ratio(d: dict | None) -> str:
+    """A ratio near 1 with its interval, three decimals (``1.004 [1.001, 1.007]``)."""
+    return "n/a" if d is None else f"{d['estimate']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]"
+
+
+def _pct(d: dict) -> str:
+    return f"{d['estimate']:.0%} [{d['ci'][0]:.0%}, {d['ci'][1]:.0%}]"
+
+
+def _current(records: list[dict]) -> tuple[list[dict], list[Statement]]:
+    """The records of the current value format (with ``best_layer``), and a threat for
+    each older one (recorded before held-out vectors and intervals: to be rerun)."""
+    new = [r for r in records if "best_layer" in r["value"]]
+    old = [Statement(kind="threat", sources=(r["path"],), text=(
+        f"{r['block']} on {r['model']} ({r['size']}, seed {r['seed']}) was recorded before "
+        "held-out vectors, the partition control and per-example intervals; it supports no "
+        "claim: rerun it.")) for r in records if "best_layer" not in r["value"]]
+    return new, old
+
+
+def _not_held_out(model, size, r) -> list[Statement]:
+    v = r["value"]
+    if v["heldout"]:
+        return []
+    return [Statement(kind="threat", sources=(r["path"],), text=(
+        f"{model} ({size}, seed {r['seed']}): the steering vectors were scored on prompts "
+        "they were estimated on (not held out); their slopes include those prompts' own "
+        "noise."))]
+
+
+# --------------------------------------------------------------------------- steering + controls
 
 
 def run_steer_controls(ctx) -> dict:
-    from tlatlas.steering import steering_sweep, steering_vectors
+    from tlatlas.steering import fit_vectors, steering_sweep
 
     model = ctx.model()
-    examples = list(ctx.suite())
     config = _config(ctx.params, model.n_layers)
-    vectors = steering_vectors(model, examples, layers=config.layers)
-    return _steering_summary(steering_sweep(model, examples, vectors, config))
+    split, vectors = fit_vectors(model, ctx.suite(), config)
+    return steering_value(steering_sweep(model, split.heldout, vectors, config))
 
 
 def summarize_steer_controls(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
-    for (model, size), recs in by_model_size(results.get("steer-controls", [])).items():
+    records, out = _current(results.get("steer-controls", []))
+    for (model, size), recs in by_model_size(records).items():
         for r in sorted(recs, key=lambda r: r["seed"]):
-            v = r["value"]
-            ratio = v["kl_over_random_at_top_scale"][0]
-            best = max(range(len(ratio)), key=lambda i: ratio[i])
-            kl = v["mean_kl"][0]
-            top = v["scales"].index(v["top_scale"])
-            out.append(_claim(
-                f"{model} ({size}, seed {r['seed']}): at scale {v['top_scale']:+g} the "
-                f"difference-of-means vector moves the next-token distribution most at layer "
-                f"L{v['layers'][max(range(len(kl)), key=lambda i: kl[i][top])]} "
-                f"(KL {max(row[top] for row in kl):.3f} nats); relative to norm-matched random "
-                f"directions it is strongest at L{v['layers'][best]} ({ratio[best]:.1f}x the "
-                f"random KL of {v['random_kl'][0][best][top]:.3f} nats)", v["n_examples"], size,
-                (r["path"],)))
-            weak = [v["layers"][i] for i, x in enumerate(ratio) if x < 1.5]
+            v, paths = r["value"], (r["path"],)
+            ref = v["reference"]
+            p, b = v["precisions"].index(ref), v["best_layer"][ref]
+            head = (f"{model} ({size}, seed {r['seed']}, {v['n_examples']} held-out prompts, "
+                    f"vectors from {v['n_train']} others, {v['random_draws']} random and "
+                    f"{v['partition_draws']} partition draws, fit scales "
+                    f"{', '.join(f'{s:+g}' for s in b['fit_scales'])})")
+            li = v["layers"].index(b["layer"])
+            kl = "; ".join(
+                f"at s={c['extreme']:+g} its KL is "
+                f"{_num(v['mean_kl'][p][li][v['scales'].index(c['extreme'])])} nats vs random "
+                f"{_num(v['random_kl'][p][li][v['scales'].index(c['extreme'])])}"
+                for c in sign_scales(v["scales"]).values())
+            fams = ", ".join(f"{f} L{x['layer']} ({x['specificity']:+.3g})"
+                             for f, x in v["most_steerable"][ref].items())
+            where = (f"{head}: at L{b['layer']}, the most steerable of layers {v['layers']}, "
+                     f"the family direction's slope is {_ci(b['slope'])} nats of log "
+                     f"p(answer) per unit s ({_pct(b['wrong_way'])} of examples steered the "
+                     f"wrong way); {kl}. Most steerable layer per family (specificity): {fams}")
+            for name, key, origin in (("random", "over_random", "c4-steering-controls"),
+                                      ("partition", "over_partition", None)):
+                if b[key] is None:
+                    continue
+                what = ("a norm-matched random direction" if name == "random" else
+                        "a partition direction (difference of means of random halves of the "
+                        "family's own training prompts)")
+                tags = {"origin": origin, "model": model,
+                        "value": f"L{b['layer']}: {b[key]['estimate']:+.3g} nats/unit s"
+                        } if origin else {}
+                out.append(judged(
+                    f"{where}. The direction raises the answer more than {what}: slope minus "
+                    f"the {name} control's = {_ci(b[key])} nats per unit s.",
+                    _interval(b[key]), size=size, sources=paths, **tags))
+                where = f"{head}: at L{b['layer']}"  # the details once, in the first claim
+            if len(v["layers"]) > 1:
+                out.append(Statement(kind="threat", sources=paths, text=(
+                    f"{model} ({size}, seed {r['seed']}): L{b['layer']} was chosen as the most "
+                    f"steerable of {len(v['layers'])} layers on the same held-out prompts its "
+                    "specificity is measured on; that interval is not corrected for the "
+                    "choice.")))
+            weak = [x["layer"] for x in v["steerability"][ref]
+                    if x["over_random"] is not None and x["over_random"]["ci"][0] <= 0]
             if weak:
-                out.append(Statement(kind="threat", sources=(r["path"],), text=(
-                    f"{model} ({size}, seed {r['seed']}): at layers {weak} the steering vector's "
-                    f"KL is under 1.5x that of a random direction of the same norm at scale "
-                    f"{v['top_scale']:+g}: there its effect is mostly the norm, not the direction.")))
+                out.append(Statement(kind="threat", sources=paths, text=(
+                    f"{model} ({size}, seed {r['seed']}): at layers {weak} the family "
+                    "direction's slope is not above a norm-matched random direction's (the "
+                    "95% CI of the difference reaches 0): there its effect may be the norm, "
+                    "not the direction.")))
+            out += _not_held_out(model, size, r)
     return out
 
 
 register_block(Block(
     id="steer-controls", priority=200, tags=("steering",),
-    question="Which layers are steerable by a family's direction beyond a norm-matched random one?",
-    params=_sized({"per_family": 1, "scales": [-4, -2, 0, 2, 4], "random_draws": 2,
+    question="Which layers' family directions steer the family's answer beyond norm-matched "
+             "random and partition directions, on held-out prompts?",
+    params=_sized({"per_family": 4, "regime": "linear", "scales": [-1, -0.25, 0, 0.25, 1],
+                   "random_draws": 2, "partition_draws": 2, "heldout_fraction": 0.5,
                    "layer_stride": 3},
-                  {"per_family": 4, "scales": [-4, -3, -2, -1, 0, 1, 2, 3, 4], "random_draws": 4},
-                  {"per_family": 16, "scales": [-4, -3, -2, -1, 0, 1, 2, 3, 4],
-                   "random_draws": 8}),
-    cost=_cost(120, 1500, 9000), run=run_steer_controls, summarize=summarize_steer_controls))
+                  {"per_family": 16, "regime": "linear", "random_draws": 4,
+                   "partition_draws": 4, "heldout_fraction": 0.5, "layer_stride": 2},
+                  {"per_family": 32, "regime": "linear", "random_draws": 8,
+                   "partition_draws": 4, "heldout_fraction": 0.5}),
+    cost=_cost(200, 2200, 25000), run=run_steer_controls, summarize=summarize_steer_controls))
 
 
 # --------------------------------------------------------------------------- quantized steering
 
 
 def run_steer_quant(ctx) -> dict:
-    from tlatlas.steering import steering_vectors
+    from tlatlas.steering import fit_vectors
     from tlatlas.steering.precision import precision_sweep
 
     model = ctx.model()
-    examples = list(ctx.suite())
     config = _config(ctx.params, model.n_layers)
-    vectors = steering_vectors(model, examples, layers=config.layers)
+    split, vectors = fit_vectors(model, ctx.suite(), config)
     del model
     release_models()  # one precision copy resident at a time
-    result = precision_sweep(ctx.model_name, examples, vectors, config,
+    result = precision_sweep(ctx.model_name, split.heldout, vectors, config,
                              precisions=tuple(ctx.params["precisions"]), on_precision=ctx.say)
-    return _steering_summary(result)
+    return steering_value(result)
+
+
+def _amplification_cells(v: dict) -> list[tuple[str, float]]:
+    """(label, scale) of the cells a quantization claim is made at: the smallest |s| of
+    each sign, and the most negative scale when it is another one."""
+    cells = [(f"smallest {name} |s|", c["small"]) for name, c in sign_scales(v["scales"]).items()]
+    neg = sign_scales(v["scales"]).get("negative")
+    if neg and neg["extreme"] != neg["small"]:
+        cells.append(("most negative s", neg["extreme"]))
+    return cells
 
 
 def summarize_steer_quant(results: dict[str, list[dict]]) -> list[Statement]:
-    out = []
-    for (model, size), recs in by_model_size(results.get("steer-quant", [])).items():
+    records, out = _current(results.get("steer-quant", []))
+    for (model, size), recs in by_model_size(records).items():
         for r in sorted(recs, key=lambda r: r["seed"]):
-            v = r["value"]
-            top = v["scales"].index(v["top_scale"])
-            amp = {p: [row[top] for row in v["amplification"][i]]
-                   for i, p in enumerate(v["precisions"])}
-            mean_amp = {p: sum(x for x in a if x == x) / max(sum(x == x for x in a), 1)
-                        for p, a in amp.items()}
-            out.append(_claim(
-                f"{model} ({size}, seed {r['seed']}): amplification (quantized KL / fp32 KL, "
-                f"same fp32-computed vectors, scale {v['top_scale']:+g}, mean over layers "
-                f"{v['layers']}): " + ", ".join(f"{p} {a:.2f}" for p, a in mean_amp.items())
-                + "; forward slowdown " + ", ".join(
-                    f"{p} {s:.2f}x" for p, s in zip(v["precisions"], v["slowdown"], strict=True)),
-                v["n_examples"], size, (r["path"],)))
-            nf4 = [p for p in ("nf4-fp32", "nf4-bf16") if p in mean_amp]
-            if len(nf4) == 2:
-                gap = abs(mean_amp["nf4-fp32"] - mean_amp["nf4-bf16"])
-                out.append(Statement(kind="threat", sources=(r["path"],), text=(
-                    f"{model} ({size}, seed {r['seed']}): NF4 with fp32 compute amplifies "
-                    f"{mean_amp['nf4-fp32']:.2f}x and NF4 with bf16 compute "
-                    f"{mean_amp['nf4-bf16']:.2f}x: "
-                    + ("the compute dtype moves the amplification, so a quantization claim "
-                       "must fix it." if gap > 0.1 else
-                       f"the compute dtype changes it by only {gap:.2f}, so any difference from "
-                       "fp32 here is NF4's, not the dtype's."))))
+            v, paths = r["value"], (r["path"],)
+            ref = v["reference"]
+            layer = v["best_layer"][ref]["layer"]
+            li = v["layers"].index(layer)
+            rows = {p: i for i, p in enumerate(v["precisions"])}
+            head = (f"{model} ({size}, seed {r['seed']}, {v['n_examples']} held-out prompts, "
+                    f"vectors and controls from {ref}, at {ref}'s most steerable layer "
+                    f"L{layer})")
+            amp_at: dict[str, dict[float, dict]] = {}
+            for p, a in v["amplification"].items():
+                d = v["drift"].get(p)
+                drift = ("drift not measured" if d is None else
+                         f"clean drift from {ref} KL {_ci(d['kl'], False)} nats, top-1 "
+                         f"agreement {_pct(d['top1_agreement'])}")
+                slow = v["slowdown"][rows[p]]
+                for label, scale in _amplification_cells(v):
+                    si = v["scales"].index(scale)
+                    vec = a["vector"][li][si]
+                    if vec is None:
+                        continue
+                    amp_at.setdefault(p, {})[scale] = vec
+                    ref_kl = v["mean_kl"][rows[ref]][li][si]
+                    controls = ", ".join(f"{name} control {_ratio(a[name][li][si])}"
+                                         for name in ("random", "partition")
+                                         if a[name] is not None and a[name][li][si] is not None)
+                    tags = ({"origin": "nf4-amplifies", "model": model,
+                             "value": f"KL ratio - 1 = {vec['estimate'] - 1:+.3g} at "
+                                      f"s={scale:+g} (L{layer})"}
+                            if p == "nf4-fp32" and label == "most negative s" else {})
+                    out.append(judged(
+                        f"{head}: {p} amplifies steering over {ref} at s={scale:+g} ({label}): "
+                        f"KL ratio {_ratio(vec)} ({ref} KL {_num(ref_kl)} nats), {controls}; "
+                        f"{drift}" + (f"; forward x{slow:.2f}" if slow is not None else "")
+                        + f". Judged on ratio - 1 = {_ci(_shifted(vec, 1.0))}.",
+                        _interval(_shifted(vec, 1.0)), size=size, sources=paths, **tags))
+                    rnd = a["random"][li][si] if a["random"] is not None else None
+                    if rnd is not None and vec["ci"][0] > 1 and vec["estimate"] <= rnd["ci"][1]:
+                        out.append(Statement(kind="threat", sources=paths, text=(
+                            f"{model} ({size}, seed {r['seed']}): at L{layer}, s={scale:+g} "
+                            f"{p} amplifies the steering vector {_ratio(vec)}, no more "
+                            f"than a random direction of the same norm ({_ratio(rnd)}): the "
+                            "copy is more sensitive to any intervention, not to the "
+                            "direction.")))
+                    if d is not None and ref_kl is not None and d["kl"]["estimate"] >= ref_kl:
+                        out.append(Statement(kind="threat", sources=paths, text=(
+                            f"{model} ({size}, seed {r['seed']}): {p}'s clean drift from "
+                            f"{ref} ({d['kl']['estimate']:.3g} nats) is as large as the "
+                            f"steering KL it is compared with at L{layer}, s={scale:+g} "
+                            f"({ref_kl:.3g} nats): it cannot support an amplification claim "
+                            "there.")))
+            if {"nf4-fp32", "nf4-bf16"} <= amp_at.keys():
+                shared = [s for s in amp_at["nf4-fp32"] if s in amp_at["nf4-bf16"]]
+                gaps = {s: abs(amp_at["nf4-fp32"][s]["estimate"] -
+                               amp_at["nf4-bf16"][s]["estimate"]) for s in shared}
+                if gaps:
+                    s_max = max(gaps, key=gaps.get)
+                    out.append(Statement(kind="threat", sources=paths, text=(
+                        f"{model} ({size}, seed {r['seed']}): at L{layer}, NF4 with fp32 "
+                        f"compute and NF4 with bf16 compute amplify by " + ", ".join(
+                            f"s={s:+g}: {amp_at['nf4-fp32'][s]['estimate']:.3f} vs "
+                            f"{amp_at['nf4-bf16'][s]['estimate']:.3f}" for s in shared) + "; "
+                        + ("the compute dtype moves the amplification, so a quantization "
+                           "claim must fix it." if gaps[s_max] > 0.1 else
+                           f"the compute dtype changes it by at most {gaps[s_max]:.2f}, so "
+                           "any difference from the reference is NF4's, not the dtype's."))))
+            out += _not_held_out(model, size, r)
     return out
 
 
 register_block(Block(
     id="steer-quant", priority=220, tags=("steering", "quant"),
-    question="Do NF4/int8 copies amplify steering relative to fp32, apart from dtype effects?",
-    params=_sized({"per_family": 1, "scales": [-4, 0, 4], "random_draws": 1, "layer_stride": 10,
-                   "precisions": list(QUANT_PRECISIONS)},
-                  {"per_family": 2, "scales": [-4, -2, 0, 2, 4], "random_draws": 2,
-                   "layer_stride": 3, "precisions": list(QUANT_PRECISIONS)},
-                  {"per_family": 8, "scales": [-4, -3, -2, -1, 0, 1, 2, 3, 4], "random_draws": 4,
+    question="Do NF4/int8 copies amplify steering relative to fp32, beyond their amplification "
+             "of random directions and apart from dtype effects?",
+    params=_sized({"per_family": 4, "regime": "linear", "scales": [-4, -0.5, 0, 0.5, 4],
+                   "random_draws": 1, "partition_draws": 1, "heldout_fraction": 0.5,
+                   "layer_stride": 10, "precisions": list(QUANT_PRECISIONS)},
+                  {"per_family": 8, "regime": "linear", "scales": [-4, -0.5, 0, 0.5, 4],
+                   "random_draws": 2, "partition_draws": 2, "heldout_fraction": 0.5,
+                   "layer_stride": 5, "precisions": list(QUANT_PRECISIONS)},
+                  {"per_family": 16, "regime": "linear",
+                   "scales": [-4, -2, -1, -0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4],
+                   "random_draws": 4, "partition_draws": 4, "heldout_fraction": 0.5,
                    "precisions": list(QUANT_PRECISIONS)}),
-    cost=_cost(200, 2000, 20000), run=run_steer_quant, summarize=summarize_steer_quant))
+    cost=_cost(400, 4000, 40000), run=run_steer_quant, summarize=summarize_steer_quant))
 
 
 # --------------------------------------------------------------------------- transfer
 
 
 def run_steer_transfer(ctx) -> dict:
-    from tlatlas.steering import SteeringConfig
     from tlatlas.steering.transfer import steering_transfer
 
     release_models()  # the transfer loads A, then B, never both
     work = ctx.root / "artifacts" / "transfer" / f"{ctx.size}-seed{ctx.seed}"
-    sweep = SteeringConfig(scales=tuple(float(s) for s in ctx.params["scales"]),
-                           random_draws=int(ctx.params["random_draws"]))
+    # the transfer scores the prompts its vectors come from: no split, no partition control
+    sweep = _config({**ctx.params, "partition_draws": 0})
     result = steering_transfer(ctx.models[0], ctx.models[1], list(ctx.suite()), workdir=work,
                                sweep=sweep, on_stage=ctx.say)
     summary = result.summary()
@@ -269,24 +531,30 @@ def summarize_steer_transfer(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
     for r in results.get("steer-transfer", []):
         v = r["value"]
-        top = max(range(len(v["scales"])), key=lambda i: abs(v["scales"][i]))
-        rows = [(p, r2, own[top], tr[top], rnd[top]) for p, r2, own, tr, rnd in zip(
-            v["pairs"], v["r2"], v["own_kl"], v["transferred_kl"], v["random_kl"], strict=True)]
+        a, b = v["meta"]["model_a"], v["meta"]["model_b"]
+        cells = [(c["extreme"], v["scales"].index(c["extreme"]))
+                 for c in sign_scales(v["scales"]).values()]
+        pairs = "; ".join(
+            f"L{la}->L{lb} held-out R² {r2:.2f} (n = held-out samples), KL own / transferred / "
+            "random " + ", ".join(f"at s={s:+g} {own[i]:.3f} / {tr[i]:.3f} / {rnd[i]:.3f}"
+                                  for s, i in cells)
+            for (la, lb), r2, own, tr, rnd in zip(
+                v["pairs"], v["r2"], v["own_kl"], v["transferred_kl"], v["random_kl"], strict=True))
         out.append(_claim(
-            f"steering transfer {v['meta']['model_a']} -> {v['meta']['model_b']} ({r['size']}, "
-            f"seed {r['seed']}), scale {v['scales'][top]:+g}: " + "; ".join(
-                f"L{a}->L{b} held-out R² {r2:.2f} (n = held-out samples), KL own {o:.3f} / transferred {t:.3f} / "
-                f"random {x:.3f}" for (a, b), r2, o, t, x in rows) + " nats",
-            min(v["n_test"]) if v.get("n_test") else 0, r["size"], (r["path"],)))
+            f"steering transfer {a} -> {b} ({r['size']}, seed {r['seed']}): {pairs} nats "
+            "(scored on the prompts the vectors were estimated on; means, no interval)",
+            min(v["n_test"]) if v.get("n_test") else 0, r["size"], (r["path"],),
+            origin="g1-steering-transfer", model=f"{a} -> {b}",
+            value=f"held-out R² {min(v['r2']):.2f}"))
     return out
 
 
 register_block(Block(
     id="steer-transfer", priority=230, models=2, tags=("steering",),
     question="Do one model's steering vectors, carried by a linear map, steer another model?",
-    params=_sized({"per_family": 2, "scales": [-4, 0, 4], "random_draws": 2},
-                  {"per_family": 8, "scales": [-4, -2, 0, 2, 4], "random_draws": 4},
-                  {"per_family": 32, "scales": [-4, -3, -2, -1, 0, 1, 2, 3, 4],
-                   "random_draws": 8}),
+    params=_sized({"per_family": 2, "regime": "linear", "scales": [-1, 0, 1],
+                   "random_draws": 2},
+                  {"per_family": 8, "regime": "linear", "random_draws": 4},
+                  {"per_family": 32, "regime": "linear", "random_draws": 8}),
     cost=_cost(200, 1500, 9000, memory=4.0), run=run_steer_transfer,
     summarize=summarize_steer_transfer))

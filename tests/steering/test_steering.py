@@ -372,19 +372,27 @@ def test_transfer_between_models_by_last_token(tiny_dirs, suite, tmp_path):
 
 def test_cli_steer_writes_result_table_and_figure(tiny_dirs, tmp_path, capsys):
     from tlatlas.cli import main
+    from tlatlas.steering import SATURATION_SCALES
 
     out = tmp_path / "cli"
-    rc = main(["steer", "--model", str(tiny_dirs["llama"]), "--device", "cpu", "--per-family", "2",
-               "--families", "json", "factual", "--scales", "-2:2:3", "--random-draws", "2",
-               "--precision", "fp32,bf16", "--out", str(out), "--plot", str(out / "fig.png")])
+    rc = main(["steer", "--model", str(tiny_dirs["llama"]), "--device", "cpu", "--per-family", "4",
+               "--families", "json", "factual", "--regime", "saturation", "--random-draws", "2",
+               "--partition-draws", "2", "--precision", "fp32,bf16", "--out", str(out),
+               "--plot", str(out / "fig.png")])
     assert rc == 0
     text = capsys.readouterr().out
     assert "most steerable layer per family" in text and "amplification median" in text
+    assert "scored on 4 held-out prompts (disjoint ids)" in text and "=== bf16" in text
+    assert "-- dlogp of the answer" not in text  # the layer x scale grids need --full-table
     result = load_steering(out / "steering")
-    assert result.precisions == ("fp32", "bf16") and result.scales == (-2.0, 0.0, 2.0)
+    assert result.precisions == ("fp32", "bf16") and result.scales == SATURATION_SCALES
+    assert result.heldout and result.train_ids.numel() == 4 and result.meta.n_examples == 4
+    assert (result.random_draws, result.partition_draws) == (2, 2)
+    assert result.meta.config["regime"] == "saturation"
     assert result.meta.command.startswith("tlatlas steer --model")
     assert (out / "fig.png").stat().st_size > 1000
-    assert "KL / fp32 KL" in (out / "steering-table.txt").read_text()
+    table = (out / "steering-table.txt").read_text()
+    assert "KL / fp32 KL" in table and "-- dlogp of the answer" in table
     rc = main(["steer", "--model", str(tiny_dirs["llama"]), "--device", "cpu",
                "--precision", "fp16", "--out", str(out)])
     assert rc == 2 and "fp16 runs only on CUDA" in capsys.readouterr().err

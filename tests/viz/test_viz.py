@@ -219,9 +219,9 @@ def run_dir(tiny_dirs, tmp_path_factory):
     (root / "skip.json").write_text(json.dumps(skip))
     from tlatlas.cli import main
 
-    assert main(["steer", "--model", str(tiny_dirs["llama"]), "--per-family", "2", "--families",
-                 "json", "ioi", "--scales", "-2,2", "--random-draws", "2", "--layers", "0", "2",
-                 "--device", "cpu", "--out", str(root / "steer")]) == 0
+    assert main(["steer", "--model", str(tiny_dirs["llama"]), "--per-family", "4", "--families",
+                 "json", "ioi", "--scales", "-1,1", "--random-draws", "2", "--partition-draws",
+                 "2", "--layers", "0", "2", "--device", "cpu", "--out", str(root / "steer")]) == 0
     return root
 
 
@@ -254,6 +254,31 @@ def test_report_is_self_contained(run_dir, tiny_models, tmp_path):
     assert "P(hub)" in page and "margin [95% CI]" in page
     path = write_report(tmp_path / "r.html", page)
     assert path.read_text(encoding="utf-8") == page
+
+
+def test_steering_table_by_specificity_and_format_1_fallback(run_dir):
+    from dataclasses import replace
+
+    from tlatlas.steering.result import load_steering
+    from tlatlas.steering.steerability import most_steerable
+    from tlatlas.viz.report import build_report, steering_layer_table
+
+    result = load_steering(run_dir / "steer" / "steering")
+    rows, cols, caption = steering_layer_table(result)
+    best = most_steerable(result)
+    assert [r["family"] for r in rows] == list(result.families)
+    assert all(r["most steerable layer"] == best[r["family"]].layer and
+               r["specificity"] == best[r["family"]].specificity for r in rows)
+    assert "over partition [95% CI]" in cols and "held-out prompts" in caption
+    page = build_report(run_dir)
+    assert "most steerable layer" in page and "specificity" in page
+    # a format-1 result (family sums only) falls back to the most disruptive layer
+    old = replace(result, format_version=1, tensors={
+        k: v for k, v in result.tensors.items() if not k.startswith(("example.", "partition."))})
+    rows, cols, caption = steering_layer_table(old)
+    disruptive = old.most_disruptive()
+    assert cols[1] == "most disruptive layer" and "format 1" in caption
+    assert all(r["most disruptive layer"] == disruptive[r["family"]][0] for r in rows)
 
 
 def test_report_without_model_has_no_circuitsvis(run_dir):

@@ -1,4 +1,12 @@
-"""`tlatlas steer | steer-transfer`: steering sweeps over layers, scales and precisions."""
+"""`tlatlas steer | steer-transfer`: steering sweeps over layers, scales and precisions.
+
+``steer`` splits each family's examples (``--heldout-fraction``, ``--split-seed``),
+estimates the vectors and the partition control on the training part
+(:func:`tlatlas.steering.heldout.fit_vectors`) and sweeps the held-out part at every
+precision (:func:`tlatlas.steering.precision.precision_sweep`); the tables come from
+:mod:`tlatlas.steering.tables`. Split problems (too few examples per family) are found
+here, before any model is loaded.
+"""
 
 import argparse
 import re
@@ -14,6 +22,7 @@ from tlatlas.cli.common import (
     non_negative_int,
     output_dir,
     output_file,
+    positive_float,
     positive_int,
     suite_from_args,
 )
@@ -23,6 +32,17 @@ from tlatlas.cli.common import device as device_type
 def layer_or_all(text: str) -> int | str:
     """``all`` or a layer number (>= 0)."""
     return text if text == "all" else non_negative_int(text)
+
+
+def open_fraction(text: str) -> float:
+    """A share strictly between 0 and 1 (the held-out fraction)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"wants a number in (0, 1), got {text!r}")
+    return value
 
 
 def layer_pair(text: str) -> tuple[int, int]:
@@ -42,6 +62,13 @@ def _layers(values: list | None) -> tuple[int, ...] | None:
     if "all" in values:
         fail(f"--layers wants 'all' or layer numbers, not both: {' '.join(map(str, values))}")
     return tuple(values)
+
+
+def _scales(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
+    """``{"scales": ...}`` from ``--scales``, or nothing (the config takes the regime's grid)."""
+    from tlatlas.steering import parse_scales
+
+    return {"scales": parse_scales(args.scales)} if args.scales else {}
 
 
 def _read_prompts(path: str) -> list[str]:
@@ -67,47 +94,76 @@ def _once():
     return keep
 
 
+def _split(suite, args: argparse.Namespace):
+    """The held-out split ``fit_vectors`` will make, checked before any model is loaded:
+    at least one training and one held-out example per family, and two training examples
+    per family when the partition control splits them in halves."""
+    from tlatlas.errors import InvalidInputError
+    from tlatlas.steering.heldout import heldout_split
+
+    try:
+        split = heldout_split(suite, fraction=args.heldout_fraction, seed=args.split_seed)
+    except InvalidInputError as err:
+        fail(f"{err}: use --per-family 2 or more")
+    short = {f: n for f, (n, _) in split.counts().items() if n < 2}
+    if args.partition_draws and short:
+        fail(f"the partition control splits each family's training prompts in two halves; "
+             f"with --per-family {args.per_family} and --heldout-fraction "
+             f"{args.heldout_fraction:g} too few are left for training in {short}: use a "
+             "larger --per-family (4 at the default fraction), a smaller --heldout-fraction, "
+             "or --partition-draws 0")
+    return split
+
+
 def cmd_steer(args: argparse.Namespace) -> int:
     import logging
+    from dataclasses import replace
 
     import torch
     from tqdm import tqdm
 
     from tlatlas.io import atomic_write
-    from tlatlas.models import check_layers, load_model
-    from tlatlas.steering import contrastive_vectors, steering_vectors
+    from tlatlas.models import load_model
+    from tlatlas.steering import SteeringConfig, contrastive_vectors, fit_vectors
     from tlatlas.steering.precision import check_precision, free_model, precision_sweep
-    from tlatlas.steering.result import SteeringConfig, parse_scales, save_steering
-    from tlatlas.steering.tables import full_report, summary_lines
+    from tlatlas.steering.result import save_steering
+    from tlatlas.steering.tables import full_report, header_lines, precision_tables, summary_lines
 
+    if args.vector_per_family is not None:
+        fail("--vector-per-family is gone: the vectors are estimated on the training part of "
+             "--per-family examples per family (--heldout-fraction sets the held-out share)")
     precisions = [check_precision(p.strip(), args.device) for p in args.precision.split(",")]
     # LLM.int8 casts activations to fp16 on every matmul and logs it each time: say it once
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(_once())
-    config = SteeringConfig(scales=parse_scales(args.scales), layers=_layers(args.layers),
-                            random_draws=args.random_draws, random_seed=args.random_seed,
-                            batch_size=args.batch_size, max_rows=args.max_rows)
+    config = SteeringConfig(
+        regime=args.regime, **_scales(args), linear_max=args.linear_max, layers=_layers(args.layers),
+        random_draws=args.random_draws, partition_draws=args.partition_draws,
+        random_seed=args.random_seed, heldout_fraction=args.heldout_fraction,
+        split_seed=args.split_seed, batch_size=args.batch_size, max_rows=args.max_rows)
     suite = suite_from_args(args)
     if args.contrast:
+        # a concept from two prompt files: the suite is not split (none of it estimated the
+        # vector), and there is no partition control
         pos, neg = (_read_prompts(f) for f in args.contrast)
-        n_vector_prompts = len(pos) + len(neg)
+        config = replace(config, partition_draws=0)
+        scored, n_vector_prompts = suite, len(pos) + len(neg)
     else:
-        vsuite = suite_from_args(args, args.vector_per_family or args.per_family)
-        n_vector_prompts = len(vsuite)
+        scored = _split(suite, args).heldout
+        n_vector_prompts = len(suite) - len(scored)
     out = Path(args.out)
     model = load_model(args.model, device=args.device, dtype=torch.float32)
-    layers = check_layers(model, config.layers) if config.layers else None
     with tqdm(total=n_vector_prompts, desc="vectors (fp32)", unit="prompt",
               file=sys.stderr) as bar:
         if args.contrast:
-            vectors = contrastive_vectors(model, pos, neg, layers=layers,
+            vectors = contrastive_vectors(model, pos, neg, layers=config.layers,
                                           batch_size=args.batch_size, on_batch=bar.update)
         else:
-            vectors = steering_vectors(model, list(vsuite), layers=layers,
-                                       batch_size=args.batch_size, on_batch=bar.update)
+            split, vectors = fit_vectors(model, suite, config, on_batch=bar.update)
+            scored = split.heldout
     del model
     free_model()
-    with tqdm(total=len(suite) * len(precisions), unit="ex", file=sys.stderr) as bar:
-        result = precision_sweep(args.model, suite, vectors, config, precisions,
+    with tqdm(total=len(scored) * len(precisions), unit="ex", file=sys.stderr) as bar:
+        result = precision_sweep(args.model, scored, vectors, config, precisions,
                                  device=args.device, on_batch=bar.update,
                                  on_precision=lambda p: bar.set_description(f"steer {p}"),
                                  command=args.command_line)
@@ -124,7 +180,12 @@ def cmd_steer(args: argparse.Namespace) -> int:
         fig = plot_steering(result)
         atomic_write(Path(args.plot), lambda p: fig.savefig(p, format="png", dpi=110))
         print(f"wrote {args.plot}", file=sys.stderr)
-    print(report if args.full_table else "\n".join(report.split("\n")[:3]))
+    if args.full_table:
+        print(report)
+    else:
+        print("\n".join(header_lines(result)))
+        for precision in result.precisions:
+            print(precision_tables(result, precision))
     print("\n".join(summary_lines(result)))
     return 0
 
@@ -134,15 +195,15 @@ def cmd_steer_transfer(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from tlatlas.steering.result import SteeringConfig, parse_scales
+    from tlatlas.steering import SteeringConfig
     from tlatlas.steering.transfer import TransferConfig, save_transfer, steering_transfer
 
     pairs = tuple(args.pairs) if args.pairs else None
     config = TransferConfig(layer_pairs=pairs, ridge=args.ridge, positions=args.positions,
                             batch_size=args.batch_size)
-    sweep = SteeringConfig(scales=parse_scales(args.scales), random_draws=args.random_draws,
-                           random_seed=args.random_seed, batch_size=args.batch_size,
-                           max_rows=args.max_rows)
+    sweep = SteeringConfig(regime=args.regime, **_scales(args),
+                           random_draws=args.random_draws, random_seed=args.random_seed,
+                           batch_size=args.batch_size, max_rows=args.max_rows)
     from tlatlas.tasks import build_suite
 
     suite = suite_from_args(args)
@@ -173,19 +234,28 @@ def cmd_steer_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    add_suite_args(p, per_family_default=4,
-                   per_family_help="steered examples per family (a stratified sample)",
+# the regimes' grids (tlatlas.steering.config.REGIME_SCALES; not imported, so --help
+# stays fast: a test checks they agree)
+REGIME_GRIDS = {"linear": "-1,-0.5,-0.25,0,0.25,0.5,1", "saturation": "-4,-2,0,2,4"}
+
+
+def _common(p: argparse.ArgumentParser, *, per_family_help: str, seed_help: str) -> None:
+    add_suite_args(p, per_family_default=4, per_family_help=per_family_help,
                    families_help="steer only these families")
-    p.add_argument("--scales", default="-4:4:9", metavar="SCALES",
-                   help="steering scales in units of the layer's typical residual norm: "
-                        "lo:hi:n (n evenly spaced, ends included) or a comma list such as "
-                        "-2,0,2 (default -4:4:9)")
-    p.add_argument("--random-draws", type=non_negative_int, default=4, metavar="K",
-                   help="random norm-matched directions per layer, the control (default 4; "
-                        "0: none)")
+    p.add_argument("--regime", choices=("linear", "saturation"), default="linear",
+                   help="which scale grid to sweep when --scales is not given: linear "
+                        f"({REGIME_GRIDS['linear']}: |s| <= 1, where a direction can be told "
+                        f"from its controls) or saturation ({REGIME_GRIDS['saturation']}: every "
+                        "direction, random or not, moves the output by nats) (default linear)")
+    p.add_argument("--scales", default=None, metavar="SCALES",
+                   help="steering scales in units of the layer's typical residual norm, "
+                        "overriding the regime's grid: lo:hi:n (n evenly spaced, ends "
+                        "included) or a comma list such as -2,0,2 (default: the --regime grid)")
+    p.add_argument("--random-draws", type=non_negative_int, default=8, metavar="K",
+                   help="norm-matched isotropic random directions per layer, the random "
+                        "control (default 8; 0: none)")
     p.add_argument("--random-seed", type=int, default=0, metavar="SEED",
-                   help="seed of the random directions (default 0)")
+                   help=f"{seed_help} (default 0)")
     add_batch_size(p, 8, what="prompts")
     p.add_argument("--max-rows", type=positive_int, default=256, metavar="N",
                    help="steered rows (prompt x scale x direction) per forward pass; lower it "
@@ -198,17 +268,36 @@ _NEGATIVE = re.compile(r"^-\d*\.?\d+([:,][-\d.:,]*)?$")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("steer", help="steering sweep: every layer x scale x precision, random control",
+    p = sub.add_parser("steer", help="steering sweep: every layer x scale x precision, on "
+                                     "held-out prompts, against random and partition controls",
                        description="Steering sweep: each family's difference-of-means "
-                                   "direction added at every layer and scale, at each "
-                                   "precision, against norm-matched random directions. "
-                                   "Writes the result and a table to --out.")
+                                   "direction, estimated on a training part of its examples, "
+                                   "added at every layer and scale to the held-out part, at "
+                                   "each precision, against norm-matched random directions "
+                                   "and partition directions (halves of the training "
+                                   "prompts). Writes the result and its tables to --out.")
     p._negative_number_matcher = _NEGATIVE
     add_model_arg(p)
-    _common(p)
-    p.add_argument("--vector-per-family", type=positive_int, default=None, metavar="N",
-                   help="examples per family the vectors are computed on (default: "
-                        "--per-family)")
+    _common(p, per_family_help="examples per family before the train / held-out split (a "
+                               "stratified sample; --heldout-fraction of them are scored)",
+            seed_help="seed of the random directions and of the partition control's halves")
+    p.add_argument("--heldout-fraction", type=open_fraction, default=0.5, metavar="F",
+                   help="share of each family's examples held out and scored; the vectors "
+                        "and the partition control are estimated on the rest (at least one "
+                        "example on each side) (default 0.5)")
+    p.add_argument("--split-seed", type=int, default=0, metavar="SEED",
+                   help="seed of the train / held-out split (default 0)")
+    p.add_argument("--partition-draws", type=non_negative_int, default=4, metavar="M",
+                   help="partition-control directions per family and layer: the difference "
+                        "of means of two random halves of the family's training prompts, "
+                        "norm-matched; needs 2 training examples per family; none with "
+                        "--contrast (default 4; 0: none)")
+    p.add_argument("--linear-max", type=positive_float, default=1.0, metavar="S",
+                   help="largest |s| of the linear regime: per-example slopes are fitted "
+                        "over the scales with 0 < |s| <= S (default 1)")
+    # the old option: vectors now come from the training split of --per-family
+    p.add_argument("--vector-per-family", type=positive_int, default=None,
+                   help=argparse.SUPPRESS)
     p.add_argument("--layers", type=layer_or_all, nargs="+", default=None, metavar="L",
                    help="layers to steer, 0-based, or all (default all)")
     p.add_argument("--precision", default="fp32", metavar="LIST",
@@ -216,13 +305,16 @@ def register(sub) -> None:
                         "(= nf4-fp32), nf4-bf16, int8 (default fp32)")
     p.add_argument("--contrast", nargs=2, metavar=("POS_FILE", "NEG_FILE"), default=None,
                    help="one concept from two prompt files (one prompt a line) instead of "
-                        "the families' directions")
+                        "the families' directions; the whole suite is then scored (no split, "
+                        "no partition control)")
     p.add_argument("--device", type=device_type, default=None,
                    help="cpu, cuda or cuda:N (default: CUDA if present, else CPU)")
     p.add_argument("--plot", type=output_file, default=None, metavar="PNG",
                    help="also write plot_steering's figure to this PNG file")
     p.add_argument("--full-table", action="store_true",
-                   help="print every table, not only the summary")
+                   help="also print the layer x scale grids of every precision (always "
+                        "written to steering-table.txt), not only the header, the "
+                        "per-precision tables and the summary")
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR",
                    help="output directory (created if missing): steering.* and "
                         "steering-table.txt")
@@ -237,7 +329,8 @@ def register(sub) -> None:
                    help="model A, the vectors' source (a name, directory or hub id)")
     p.add_argument("--to", dest="to_model", required=True, metavar="MODEL_B",
                    help="model B, the steered one (a name, directory or hub id)")
-    _common(p)
+    _common(p, per_family_help="steered examples per family (a stratified sample)",
+            seed_help="seed of the random directions")
     p.add_argument("--pairs", type=layer_pair, nargs="+", default=None, metavar="LA:LB",
                    help="layer pairs, A's layer : B's layer (default: A's middle layer -> "
                         "B's layer at the same relative depth)")

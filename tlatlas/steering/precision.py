@@ -1,24 +1,43 @@
-"""The same steering vectors on copies of a model in other precisions (issue 5, step 3).
+"""The same steering vectors on copies of a model in other precisions (issue 5, step 3;
+issue 15, item 5).
 
-Vectors always come from the full-precision model; each row of the result applies them
-to one copy: ``fp32``, ``bf16``, ``fp16`` (CUDA only), and bitsandbytes copies with
-explicit settings (``nf4-fp32`` and ``nf4-bf16`` are separate rows, so a dtype effect can
-be told apart from a quantization effect; ``int8`` is LLM.int8). One copy is resident at
-a time: each is freed before the next loads. Each row also records the time of a clean
-forward pass over the same prompts, for the slowdown relative to fp32.
+Vectors (and the partition control) always come from the reference model; each row of
+the result applies them to one copy: ``fp32``, ``bf16``, ``fp16`` (CUDA only), and
+bitsandbytes copies with explicit settings (``nf4-fp32`` and ``nf4-bf16`` are separate
+rows, so a dtype effect can be told apart from a quantization effect; ``int8`` is
+LLM.int8). One copy is resident at a time: each is freed before the next loads.
+
+Within a row, every KL is KL(p_clean ‖ p_steered) of that copy against itself. Beside
+it each row records its own **drift** from the reference row (fp32 when swept, else the
+first): per example, KL(p_reference_clean ‖ p_row_clean) at the scored position and
+whether the two clean top-1 tokens agree; a quantized copy whose clean drift is as large
+as the steering effects being compared cannot support an amplification claim. The
+reference is swept first (its clean distributions are kept in memory: examples x
+d_vocab fp32). Each row also records the time of a clean forward pass over the same
+prompts, for the slowdown relative to fp32, and where its weights came from
+(:mod:`tlatlas.steering.provenance`).
 """
 
 import gc
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from tlatlas.atlas.engine import encoded_batches
 from tlatlas.errors import TlatlasError
 from tlatlas.models import DTYPES, LoadedModel, default_device, load_model
-from tlatlas.steering.result import SteeringConfig, SteeringResult, examples_hash
+from tlatlas.steering.config import SteeringConfig
+from tlatlas.steering.result import (
+    REFERENCE_PRECISION,
+    SteeringResult,
+    canonical_example_order,
+    examples_hash,
+)
 from tlatlas.steering.sweep import steering_sweep
 from tlatlas.steering.vectors import SteeringVectors
 from tlatlas.tasks import Example
@@ -107,6 +126,32 @@ def free_model() -> None:
         torch.cuda.empty_cache()
 
 
+def clean_log_probs(model: LoadedModel, examples: Sequence[Example], *, batch_size: int = 8
+                    ) -> tuple[Int[Tensor, " example"], Float[Tensor, "example d_vocab"]]:
+    """Example ids and clean next-token log-probabilities at the scored position (fp32,
+    CPU), in the order of a sweep's per-example tensors (family, then id)."""
+    uids, logps, batch_order = [], [], []
+    with torch.inference_mode():
+        for exs, batch in encoded_batches(list(examples), model.tokenizer, batch_size=batch_size):
+            batch_order += exs
+            logits = model.hf_model(batch.tokens.to(model.device)).logits
+            rows = torch.arange(len(exs), device=logits.device)
+            scored = logits[rows, batch.scored_pos.to(logits.device)]
+            logps.append(scored.float().log_softmax(-1).cpu())
+            uids += [e.uid for e in exs]
+    ids = torch.tensor(uids, dtype=torch.long)
+    order = canonical_example_order(ids, [e.family for e in batch_order])
+    return ids[order], torch.cat(logps)[order]
+
+
+def drift(reference: Float[Tensor, "example d_vocab"], row: Float[Tensor, "example d_vocab"]
+          ) -> tuple[Float[Tensor, " example"], Float[Tensor, " example"]]:
+    """Per example: KL(p_reference ‖ p_row) in nats and 1.0 where the top-1 tokens agree."""
+    kl = (reference.exp() * (reference - row)).sum(-1).clamp(min=0.0)
+    agree = (reference.argmax(-1) == row.argmax(-1)).float()
+    return kl, agree
+
+
 def precision_sweep(
     source,
     examples: Iterable[Example],
@@ -121,7 +166,11 @@ def precision_sweep(
     on_precision: Callable[[str], None] | None = None,
     command: str = "",
 ) -> SteeringResult:
-    """Sweep the same vectors on each precision copy of ``source``, one copy at a time.
+    """Sweep the same vectors (and controls) on each precision copy of ``source``, one
+    copy at a time, reference row first (fp32 when asked for, else the first label); the
+    rows keep the order of ``precisions``. Each row's ``example.drift_kl`` /
+    ``example.top1_agree`` compare its clean next-token distribution with the
+    reference's (0 and 1 on the reference row itself).
 
     Every precision is checked before any work starts, so an unavailable one fails fast.
     ``loader(source, label)`` defaults to :func:`load_precision`.
@@ -133,23 +182,31 @@ def precision_sweep(
     suite_hash, kind, seed = examples_hash(examples), getattr(examples, "kind", ""), \
         getattr(examples, "seed", None)
     examples = list(examples)
-    rows = []
-    for label in labels:
+    ref_label = REFERENCE_PRECISION if REFERENCE_PRECISION in labels else labels[0]
+    rows: dict[str, SteeringResult] = {}
+    ref_ids = ref_logp = None
+    for label in [ref_label] + [p for p in labels if p != ref_label]:
         if on_precision is not None:
             on_precision(label)
         model = load(source, label)
         try:
             row = steering_sweep(model, examples, vectors, config, on_batch=on_batch,
                                  command=command)
+            ids, logp = clean_log_probs(model, examples, batch_size=config.batch_size)
             seconds = time_forward(model, examples, batch_size=config.batch_size,
                                    repeats=timing_repeats)
         finally:
             del model
             free_model()
+        if ref_logp is None:
+            ref_ids, ref_logp = ids, logp
+        if not torch.equal(ids, ref_ids) or not torch.equal(ids, row.tensors["example.id"]):
+            raise PrecisionUnavailableError(f"{label}: examples came back in another order")
+        kl, agree = drift(ref_logp, logp)
+        row.tensors["example.drift_kl"][0], row.tensors["example.top1_agree"][0] = kl, agree
         row.tensors["forward_s"][0] = seconds
-        rows.append(row)
-    result = SteeringResult.stack(rows)
-    from dataclasses import replace
-
+        rows[label] = row
+        del logp
+    result = SteeringResult.stack([rows[label] for label in labels])
     meta = replace(result.meta, suite_hash=suite_hash, suite_kind=kind, seed=seed)
     return replace(result, meta=meta)

@@ -6,8 +6,9 @@
 - **Hook**: :func:`steering` adds ``delta`` to ``blocks.L.hook_resid_post`` at every
   position after BOS (never on BOS or padding) and removes itself in ``finally``.
 - **Sweep**: :func:`steering_sweep` measures KL(p_clean ‖ p_steered) and Δlogp of each
-  family's answer at the scored position for every layer and scale, next to the
-  norm-matched random control (K random directions of the same norm).
+  example's answer at the scored position for every layer and scale, next to two
+  controls of the same norm (:mod:`tlatlas.steering.controls`): K isotropic random
+  directions and M partition directions (halves of the family's own training prompts).
 - Precision rows: :mod:`tlatlas.steering.precision`; transfer between models:
   :mod:`tlatlas.steering.transfer`; results and files: :mod:`tlatlas.steering.result`.
 """
@@ -26,19 +27,15 @@ from tlatlas.hooks import HookFn, hooks_attached
 from tlatlas.metrics import effects
 from tlatlas.models import LoadedModel, check_layers
 from tlatlas.models.forward import run_from_layer
+from tlatlas.steering.config import SteeringConfig
+from tlatlas.steering.controls import random_directions
 from tlatlas.steering.result import (
-    SteeringConfig,
     SteeringResult,
+    canonical_example_order,
     examples_hash,
     precision_label,
 )
-from tlatlas.steering.vectors import (
-    SteeringError,
-    SteeringVectors,
-    random_directions,
-    resid_hook,
-    steer_mask,
-)
+from tlatlas.steering.vectors import SteeringError, SteeringVectors, resid_hook, steer_mask
 from tlatlas.tasks import Example
 from tlatlas.tasks.suite import canonical_order
 
@@ -118,15 +115,21 @@ def steering_sweep(
     on_batch: Callable[[int], None] | None = None,
     command: str = "",
 ) -> SteeringResult:
-    """KL(p_clean ‖ p_steered) and Δlogp of each family's answer at the scored position,
-    for every layer x scale, with the norm-matched random control (DESIGN §5).
+    """KL(p_clean ‖ p_steered) and Δlogp of each example's answer at the scored position,
+    for every layer x scale, for the vector and its two controls (DESIGN §5, issue 15):
+    ``config.random_draws`` norm-matched random directions and the vectors' partition
+    directions (``vectors.partition``; none when the vectors have none).
 
-    Each layer's nonzero scales and random draws are stacked along the batch axis
-    (``config.max_rows`` rows per forward). The ``exact`` method resumes the forward at
-    layer L + 1 from the clean run's steered ``resid_post[L]``; ``naive`` runs the whole
-    hooked model. Scale 0 is the clean run itself, so its effects are exactly 0.
+    Clean and steered runs are the *same* model copy, so at a quantized precision the KL
+    is that copy's response to steering, not its drift from full precision. Each layer's
+    nonzero scales and directions are stacked along the batch axis (``config.max_rows``
+    rows per forward). The ``exact`` method resumes the forward at layer L + 1 from the
+    clean run's steered ``resid_post[L]``; ``naive`` runs the whole hooked model. Scale 0
+    is the clean run itself, so its effects are exactly 0.
 
-    Returns a :class:`SteeringResult` with one precision row (the model as loaded).
+    Returns a :class:`SteeringResult` with one precision row (the model as loaded), family
+    sums and per-example values, the scored ids and the vectors' training ids (whether
+    the examples were held out is :attr:`SteeringResult.heldout`).
     """
     if vectors.d_model != model.d_model:
         raise SteeringError(f"vectors have width {vectors.d_model}, {model.name} has "
@@ -143,34 +146,40 @@ def steering_sweep(
     families = canonical_order([e.family for e in examples])
     scales = torch.tensor(config.scales, dtype=torch.float32)
     nz = torch.nonzero(scales != 0)[:, 0]
-    k = config.random_draws
+    k, m = config.random_draws, vectors.partition_draws
+    vi_all = [vectors.layer_index(x) for x in layers]
     rand = random_directions(model.d_model, model.n_layers, k, seed=config.random_seed)[:, list(layers)]
-    n_p, n_l, n_s, n_f = 1, len(layers), len(scales), len(families)
-    t = {
-        "kl.sum": torch.zeros(n_p, n_l, n_s, n_f, dtype=torch.float64),
-        "dlogp.sum": torch.zeros(n_p, n_l, n_s, n_f, dtype=torch.float64),
-        "random.kl.sum": torch.zeros(n_p, n_l, n_s, k, n_f, dtype=torch.float64),
-        "random.dlogp.sum": torch.zeros(n_p, n_l, n_s, k, n_f, dtype=torch.float64),
-        "count": torch.zeros(n_f, dtype=torch.float64),
-    }
+    part = (vectors.partition[:, :, vi_all] if m else
+            torch.zeros(0, len(vectors.names), len(layers), model.d_model))
+    n, n_l, n_s = len(examples), len(layers), len(scales)
+    rows = {name: torch.zeros(n_l, n_s, 1 + k + m, n) for name in ("kl", "dlogp")}
+    clean_logp, clean_correct = torch.zeros(n), torch.zeros(n)
+    uids, fam = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
     dev = model.device
     start = time.perf_counter()
     hooks = [resid_hook(layer) for layer in layers]
+    off = 0
     for cb in clean_batches(model, examples, hooks, batch_size=config.batch_size):
         batch, clean = cb.batch, cb.clean
         b = len(batch)
+        cols = slice(off, off + b)
+        off += b
         clean_logits = (_scored_logits(model, batch.tokens.to(dev), batch.scored_pos)
                         if config.method == "naive" else clean.scored_logits)
+        uids[cols] = torch.tensor([e.uid for e in cb.examples])
+        fam[cols] = torch.tensor([families.index(f) for f in batch.families])
+        lp = clean_logits.float().log_softmax(-1)
+        tgt = batch.target.to(lp.device)
+        clean_logp[cols] = lp.gather(-1, tgt[:, None])[:, 0].cpu()
+        clean_correct[cols] = (lp.argmax(-1) == tgt).float().cpu()
         mask = steer_mask(batch.roles).to(dev)
-        onehot = torch.nn.functional.one_hot(
-            torch.tensor([families.index(f) for f in batch.families]), n_f).double()
-        t["count"] += onehot.sum(0)
         concept = vectors.concept_index(batch.families)
         per_chunk = max(1, config.max_rows // b)
         for li, layer in enumerate(layers):
-            vi = vectors.layer_index(layer)
+            vi = vi_all[li]
             dirs = torch.cat([vectors.directions[concept, vi][None],
-                              rand[:, li][:, None].expand(k, b, -1)])  # [1+k batch d_model]
+                              rand[:, li][:, None].expand(k, b, -1),
+                              part[:, concept, li]])  # [1+k+m batch d_model]
             unit = dirs * vectors.norms[vi]
             delta = (scales[nz][:, None, None, None] * unit[None]).reshape(-1, model.d_model)
             kl, dlogp = [], []
@@ -179,20 +188,42 @@ def steering_sweep(
                 logits = _steered_logits(model, config.method, layer, batch, clean, mask, d)
                 nv = d.shape[0] // b
                 e = effects(clean_logits.repeat(nv, 1), logits, batch.target.repeat(nv))
-                kl.append(e.kl.double().cpu())
-                dlogp.append(e.dlogp.double().cpu())
+                kl.append(e.kl.float().cpu())
+                dlogp.append(e.dlogp.float().cpu())
             for name, vals in (("kl", kl), ("dlogp", dlogp)):
-                v = torch.einsum("svb,bf->svf", torch.cat(vals).view(len(nz), 1 + k, b), onehot)
-                t[f"{name}.sum"][0, li, nz] += v[:, 0]
-                t[f"random.{name}.sum"][0, li, nz] += v[:, 1:]
+                rows[name][li, nz, :, cols] = torch.cat(vals).view(len(nz), 1 + k + m, b)
         if on_batch is not None:
             on_batch(b)
+    t = _result_tensors(rows, uids, fam, clean_logp, clean_correct, k, families)
     t["forward_s"] = torch.full((1,), float("nan"), dtype=torch.float64)
-    t["vectors.directions"] = vectors.directions[:, [vectors.layer_index(x) for x in layers]].contiguous()
-    t["vectors.norms"] = vectors.norms[[vectors.layer_index(x) for x in layers]].contiguous()
+    t["vectors.directions"] = vectors.directions[:, vi_all].contiguous()
+    t["vectors.norms"] = vectors.norms[vi_all].contiguous()
     t["random.directions"] = rand.contiguous()
+    t["partition.directions"] = part.contiguous()
+    t["split.train_id"] = torch.tensor(sorted(set(vectors.train_uids)), dtype=torch.long)
     return SteeringResult.single(
         model=model, families=families, layers=layers, scales=tuple(float(s) for s in scales),
         precision=precision_label(model), tensors=t, vectors=vectors, config=config,
         suite_hash=suite_hash, n_examples=len(examples), command=command,
         seconds=time.perf_counter() - start, suite_kind=suite_kind, seed=seed)
+
+
+def _result_tensors(rows: dict[str, Tensor], uids: Tensor, fam: Tensor, clean_logp: Tensor,
+                    clean_correct: Tensor, k: int, families: tuple[str, ...]) -> dict[str, Tensor]:
+    """Per-example rows (``[layer scale 1+k+m example]``) in canonical order (family, then
+    id), split into vector / random / partition, with their family sums (fp64)."""
+    order = canonical_example_order(uids, [families[i] for i in fam.tolist()])
+    onehot = torch.nn.functional.one_hot(fam[order], len(families)).double()  # [example family]
+    t: dict[str, Tensor] = {"count": onehot.sum(0)}
+    for name, r in rows.items():
+        r = r[..., order]
+        parts = {"": r[:, :, 0], "random.": r[:, :, 1:1 + k], "partition.": r[:, :, 1 + k:]}
+        for prefix, v in parts.items():
+            t[f"example.{prefix}{name}"] = v[None].contiguous()
+            t[f"{prefix}{name}.sum"] = torch.einsum("...e,ef->...f", v[None].double(), onehot)
+    t["example.id"], t["example.family"] = uids[order].contiguous(), fam[order].contiguous()
+    t["example.clean_logp"] = clean_logp[order][None].contiguous()
+    t["example.clean_correct"] = clean_correct[order][None].contiguous()
+    nan = torch.full((1, len(uids)), float("nan"))
+    t["example.drift_kl"], t["example.top1_agree"] = nan, nan.clone()
+    return t

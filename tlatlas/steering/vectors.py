@@ -8,6 +8,11 @@ as sums and counts (:class:`SteeringSums`, :func:`steering_sums`), so shards and
 ``torch.distributed`` ranks combine exactly; :func:`vectors_from_sums` is the pure step
 from sums to vectors. Contrastive pairs (two prompt lists) give one vector:
 mean(positive) - mean(negative). :mod:`tlatlas.steering` re-exports all of it.
+
+The same pass also sums the halves of the partition control
+(:mod:`tlatlas.steering.controls`) when asked, so the control costs no extra forward;
+vectors remember the ids of the prompts they were estimated on (``train_uids``), so a
+sweep can record whether its scored prompts were held out.
 """
 
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +27,12 @@ from tlatlas.atlas.engine import clean_token_batches
 from tlatlas.errors import InvalidInputError, TlatlasError
 from tlatlas.hooks import hook_name
 from tlatlas.models import Fingerprint, LoadedModel, check_layers
+from tlatlas.steering.controls import (
+    partition_directions,
+    partition_membership,
+    random_directions,
+    unit,
+)
 from tlatlas.tasks import Example
 from tlatlas.tasks.suite import canonical_order
 from tlatlas.tokens import ROLE_BOS, ROLE_PAD, encode_prompts
@@ -94,12 +105,26 @@ class SteeringVectors:
     ``transferred from <model fingerprint> L<a> -> L<b>``."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (e.g. the transfer map's R²)."""
+    partition: Float[Tensor, "draw concept layer d_model"] | None = None
+    """The partition control's unit directions (halves of each family's own training
+    prompts, :mod:`tlatlas.steering.controls`), or None when not computed."""
+    train_uids: tuple[int, ...] = ()
+    """:attr:`Example.uid` of every prompt the directions were estimated on (empty when
+    unknown: contrastive or transferred vectors)."""
 
     def __post_init__(self) -> None:
-        c, n_l, _ = self.directions.shape
+        c, n_l, d = self.directions.shape
         if c != len(self.names) or n_l != len(self.layers) or self.norms.shape != (n_l,):
             raise SteeringError(f"directions {tuple(self.directions.shape)} do not match "
                                 f"{len(self.names)} names x {len(self.layers)} layers")
+        if self.partition is not None and tuple(self.partition.shape[1:]) != (c, n_l, d):
+            raise SteeringError(f"partition directions {tuple(self.partition.shape)} do not "
+                                f"match directions {tuple(self.directions.shape)}")
+
+    @property
+    def partition_draws(self) -> int:
+        """Partition-control draws available (0 when there is none)."""
+        return 0 if self.partition is None else int(self.partition.shape[0])
 
     @property
     def d_model(self) -> int:
@@ -124,7 +149,8 @@ class SteeringVectors:
         return {"kind": VECTORS_KIND, "format_version": VECTORS_FORMAT_VERSION,
                 "names": list(self.names), "layers": list(self.layers),
                 "fingerprint": self.fingerprint.to_dict(), "origin": self.origin,
-                "extra": dict(self.extra)}
+                "extra": dict(self.extra), "partition_draws": self.partition_draws,
+                "train_uids": list(self.train_uids)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], directions: Tensor, norms: Tensor) -> "SteeringVectors":
@@ -133,7 +159,53 @@ class SteeringVectors:
                                 f"{d.get('kind')!r} v{d.get('format_version')}")
         return cls(names=tuple(d["names"]), layers=tuple(d["layers"]), directions=directions,
                    norms=norms, fingerprint=Fingerprint.from_dict(d["fingerprint"]),
-                   origin=d.get("origin", ""), extra=dict(d.get("extra", {})))
+                   origin=d.get("origin", ""), extra=dict(d.get("extra", {})),
+                   train_uids=tuple(int(u) for u in d.get("train_uids", ())))
+
+
+def membership_sums(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    membership: Float[Tensor, "prompt group"],
+    group_names: Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+) -> SteeringSums:
+    """Sums of ``resid_post`` over the positions after BOS of each group's prompts, where
+    ``membership[i, g]`` (0/1) says whether prompt ``i`` belongs to group ``g`` (a prompt
+    may be in several groups: its family and the halves of partition draws)."""
+    if not prompts or membership.shape != (len(prompts), len(group_names)):
+        raise SteeringError(f"need at least one prompt and a membership matrix of shape "
+                            f"({len(prompts)}, {len(group_names)}), got {tuple(membership.shape)}")
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+    lays = check_layers(model, layers)
+    names = tuple(group_names)
+    d = model.d_model
+    sums = torch.zeros(len(lays), len(names), d, dtype=torch.float64)
+    norm_sums = torch.zeros(len(lays), len(names), dtype=torch.float64)
+    counts = torch.zeros(len(names), dtype=torch.float64)
+    hooks = [resid_hook(layer) for layer in lays]
+    member = membership.double()
+    encoded = (encode_prompts(prompts[i:i + batch_size], model.tokenizer)
+               for i in range(0, len(prompts), batch_size))
+    start = 0
+    for cb in clean_token_batches(model, encoded, hooks):
+        roles, clean = cb.batch.roles, cb.clean
+        b = roles.shape[0]
+        weight = steer_mask(roles).double()[..., None] * member[start:start + b, None, :]
+        start += b  # weight: [batch pos group]
+        counts += weight.sum((0, 1))
+        for li, name in enumerate(hooks):
+            act = clean.acts[name].double().cpu()  # [batch pos d_model]
+            sums[li] += torch.einsum("bpd,bpg->gd", act, weight)
+            norm_sums[li] += torch.einsum("bp,bpg->g", act.norm(dim=-1), weight)
+        if on_batch is not None:
+            on_batch(b)
+    return SteeringSums(groups=names, layers=lays, sums=sums, norm_sums=norm_sums, counts=counts,
+                        fingerprint=model.fingerprint)
 
 
 def prompt_sums(
@@ -154,35 +226,14 @@ def prompt_sums(
     if len(groups) != len(prompts) or not prompts:
         raise SteeringError(f"need one group per prompt and at least one prompt "
                             f"({len(groups)} groups, {len(prompts)} prompts)")
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
-    lays = check_layers(model, layers)
     names = tuple(group_names) if group_names is not None else tuple(dict.fromkeys(groups))
     unknown = sorted(set(groups) - set(names))
     if unknown:
         raise SteeringError(f"groups {unknown} are not in group_names {list(names)}")
-    d = model.d_model
-    sums = torch.zeros(len(lays), len(names), d, dtype=torch.float64)
-    norm_sums = torch.zeros(len(lays), len(names), dtype=torch.float64)
-    counts = torch.zeros(len(names), dtype=torch.float64)
-    hooks = [resid_hook(layer) for layer in lays]
-    encoded = (encode_prompts(prompts[i:i + batch_size], model.tokenizer,
-                              groups=groups[i:i + batch_size])
-               for i in range(0, len(prompts), batch_size))
-    for cb in clean_token_batches(model, encoded, hooks):
-        roles, clean = cb.batch.roles, cb.clean
-        idx = torch.tensor([names.index(g) for g in cb.batch.families])
-        weight = steer_mask(roles).double()[..., None] * \
-            torch.nn.functional.one_hot(idx, len(names)).double()[:, None, :]  # [batch pos group]
-        counts += weight.sum((0, 1))
-        for li, name in enumerate(hooks):
-            act = clean.acts[name].double().cpu()  # [batch pos d_model]
-            sums[li] += torch.einsum("bpd,bpg->gd", act, weight)
-            norm_sums[li] += torch.einsum("bp,bpg->g", act.norm(dim=-1), weight)
-        if on_batch is not None:
-            on_batch(len(cb.batch))
-    return SteeringSums(groups=names, layers=lays, sums=sums, norm_sums=norm_sums, counts=counts,
-                        fingerprint=model.fingerprint)
+    idx = torch.tensor([names.index(g) for g in groups])
+    member = torch.nn.functional.one_hot(idx, len(names)).double()
+    return membership_sums(model, prompts, member, names, layers=layers, batch_size=batch_size,
+                           on_batch=on_batch)
 
 
 def steering_sums(
@@ -192,17 +243,29 @@ def steering_sums(
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
     families: Sequence[str] | None = None,
+    partition_draws: int = 0,
+    partition_seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
 ) -> SteeringSums:
-    """Per-family raw sums over a suite (the part ranks all-reduce)."""
+    """Per-family raw sums over a suite (the part ranks all-reduce), and with
+    ``partition_draws`` the sums of each family's random halves (the partition control)."""
     examples = list(examples)
-    return prompt_sums(model, [e.family for e in examples], [e.prompt for e in examples],
-                       layers=layers, batch_size=batch_size, group_names=families,
-                       on_batch=on_batch)
-
-
-def _unit(v: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_model"]:
-    return v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    if not examples:
+        raise SteeringError("need at least one prompt to compute steering sums")
+    fams = tuple(families) if families is not None else tuple(dict.fromkeys(e.family for e in examples))
+    unknown = sorted({e.family for e in examples} - set(fams))
+    if unknown:
+        raise SteeringError(f"groups {unknown} are not in group_names {list(fams)}")
+    member = torch.nn.functional.one_hot(
+        torch.tensor([fams.index(e.family) for e in examples]), len(fams)).double()
+    names = fams
+    if partition_draws:
+        part_names, part = partition_membership([e.family for e in examples],
+                                                [e.uid for e in examples], fams, partition_draws,
+                                                seed=partition_seed)
+        names, member = fams + part_names, torch.cat([member, part], 1)
+    return membership_sums(model, [e.prompt for e in examples], member, names, layers=layers,
+                           batch_size=batch_size, on_batch=on_batch)
 
 
 def _means(sums: SteeringSums) -> Float[Tensor, "layer group d_model"]:
@@ -213,21 +276,31 @@ def _means(sums: SteeringSums) -> Float[Tensor, "layer group d_model"]:
 
 
 def typical_norms(sums: SteeringSums) -> Float[Tensor, " layer"]:
-    """Mean ‖resid_post[L]‖ over every summed position, pooled over groups (fp32)."""
-    return (sums.norm_sums.sum(1) / sums.counts.sum().clamp(min=1)).float()
+    """Mean ‖resid_post[L]‖ over every summed position, pooled over groups (fp32); with
+    partition groups present, over the family groups only (each position once)."""
+    keep = [i for i, g in enumerate(sums.groups) if not g.startswith("partition/")]
+    return (sums.norm_sums[:, keep].sum(1) / sums.counts[keep].sum().clamp(min=1)).float()
 
 
-def vectors_from_sums(sums: SteeringSums) -> SteeringVectors:
+def vectors_from_sums(sums: SteeringSums, *, train_uids: Sequence[int] = ()) -> SteeringVectors:
     """One-vs-rest difference of means per group: each family's mean minus the mean of the
-    other families' means (families weigh equally, however long their prompts)."""
-    if len(sums.groups) < 2:
+    other families' means (families weigh equally, however long their prompts). With
+    partition groups in ``sums`` (from ``steering_sums(partition_draws=M)``), the
+    partition control's directions come along."""
+    fam = [i for i, g in enumerate(sums.groups) if not g.startswith("partition/")]
+    names = tuple(sums.groups[i] for i in fam)
+    if len(names) < 2:
         raise SteeringError("a difference of means needs at least two families")
-    means = _means(sums)  # [layer group d_model]
-    g = len(sums.groups)
+    all_means = _means(sums)  # [layer group d_model]
+    means = all_means[:, fam]
+    g = len(names)
     rest = (means.sum(1, keepdim=True) - means) / (g - 1)
-    directions = _unit((means - rest).permute(1, 0, 2)).float()
-    return SteeringVectors(names=sums.groups, layers=sums.layers, directions=directions.contiguous(),
-                           norms=typical_norms(sums), fingerprint=sums.fingerprint)
+    directions = unit((means - rest).permute(1, 0, 2)).float()
+    draws = sum(1 for grp in sums.groups if grp.startswith("partition/")) // (2 * g)
+    partition = partition_directions(all_means, sums.groups, names, draws) if draws else None
+    return SteeringVectors(names=names, layers=sums.layers, directions=directions.contiguous(),
+                           norms=typical_norms(sums), fingerprint=sums.fingerprint,
+                           partition=partition, train_uids=tuple(int(u) for u in train_uids))
 
 
 def contrast_from_sums(sums: SteeringSums, *, positive: str = "positive",
@@ -235,7 +308,7 @@ def contrast_from_sums(sums: SteeringSums, *, positive: str = "positive",
     """mean(positive group) - mean(negative group), unit-normalised, as one concept."""
     means = _means(sums)
     i, j = sums.groups.index(positive), sums.groups.index(negative)
-    direction = _unit(means[:, i] - means[:, j]).float()[None]
+    direction = unit(means[:, i] - means[:, j]).float()[None]
     return SteeringVectors(names=(name,), layers=sums.layers, directions=direction.contiguous(),
                            norms=typical_norms(sums), fingerprint=sums.fingerprint,
                            origin="contrastive")
@@ -247,13 +320,19 @@ def steering_vectors(
     *,
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
+    partition_draws: int = 0,
+    partition_seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
 ) -> SteeringVectors:
-    """Difference-of-means steering vectors of every family in ``examples`` (DESIGN §5)."""
+    """Difference-of-means steering vectors of every family in ``examples`` (DESIGN §5),
+    with ``partition_draws`` partition-control directions from the same prompts; the
+    vectors record the prompts' ids as ``train_uids``."""
     examples = list(examples)
     families = canonical_order([e.family for e in examples])
-    return vectors_from_sums(steering_sums(model, examples, layers=layers, batch_size=batch_size,
-                                           families=families, on_batch=on_batch))
+    sums = steering_sums(model, examples, layers=layers, batch_size=batch_size,
+                         families=families, partition_draws=partition_draws,
+                         partition_seed=partition_seed, on_batch=on_batch)
+    return vectors_from_sums(sums, train_uids=[e.uid for e in examples])
 
 
 def contrastive_vectors(
@@ -276,8 +355,7 @@ def contrastive_vectors(
     return contrast_from_sums(sums, name=name)
 
 
-def random_directions(d_model: int, n_layers: int, draws: int, *, seed: int = 0
-                      ) -> Float[Tensor, "draw layer d_model"]:
-    """Unit random directions (isotropic Gaussian, normalised) for the random control."""
-    gen = torch.Generator().manual_seed(seed)
-    return _unit(torch.randn(draws, n_layers, d_model, generator=gen))
+__all__ = ["SteeringError", "SteeringSums", "SteeringVectors", "resid_hook", "steer_mask",
+           "membership_sums", "prompt_sums", "steering_sums", "typical_norms",
+           "vectors_from_sums", "contrast_from_sums", "steering_vectors", "contrastive_vectors",
+           "random_directions"]

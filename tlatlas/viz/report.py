@@ -338,9 +338,45 @@ def report_sections(run_dir: str | os.PathLike[str], *,
     return sections
 
 
+def _ci_text(i) -> str | None:
+    return None if i is None else f"{i.estimate:+.3g} [{i.ci_low:.3g}, {i.ci_high:.3g}]"
+
+
+def steering_layer_table(result) -> tuple[list[dict[str, Any]], list[str], str]:
+    """Rows, columns and caption of the per-family layer table of a steering result.
+
+    With per-example values (format 2): the most steerable layer of the reference row,
+    by specificity (:func:`tlatlas.steering.steerability.most_steerable`), with the
+    vector's mean slope and its specificity over each control (95% CIs). A format-1
+    result has no slopes: its table is the most *disruptive* layer (largest mean KL over
+    the grid), labelled as such.
+    """
+    if not result.has_examples:
+        rows = [{"family": f, "most disruptive layer": layer, "mean KL over scales (nats)": kl}
+                for f, (layer, kl) in result.most_disruptive().items()]
+        return rows, ["family", "most disruptive layer", "mean KL over scales (nats)"], (
+            f"format 1 result ({result.reference}): family sums only, so no per-example "
+            "slopes or specificity; the layer whose steering moves the output most, which "
+            "says how disruptive it is, not how specific")
+    from tlatlas.steering.steerability import most_steerable
+
+    cols = ["family", "most steerable layer", "specificity", "slope [95% CI]",
+            "over random [95% CI]", "over partition [95% CI]"]
+    rows = [{"family": f, "most steerable layer": b.layer, "specificity": b.specificity,
+             "slope [95% CI]": _ci_text(b.vector.mean), "over random [95% CI]":
+             _ci_text(b.over_random), "over partition [95% CI]": _ci_text(b.over_partition)}
+            for f, b in most_steerable(result).items()]
+    split = "held-out prompts" if result.heldout else "prompts NOT held out from the vectors"
+    return rows, cols, (
+        f"most steerable layer per family ({result.reference}, {split}): the largest "
+        "specificity, i.e. the per-example slope of log p(answer) against s minus the "
+        "control's (the smaller over the random and partition controls), nats per unit s")
+
+
 def steering_sections(root: Path) -> list[Section]:
     """One section per steering result below ``root``: KL against scale per layer with the
-    random control band, one panel per precision, and the most steerable layer per family."""
+    random control band, one panel per precision, and the most steerable layer per family
+    (by specificity over the controls; the most disruptive one for a format-1 result)."""
     from tlatlas.steering.result import load_steering
     from tlatlas.viz.steering_plots import plot_steering
 
@@ -348,12 +384,10 @@ def steering_sections(root: Path) -> list[Section]:
     for meta_path in sorted(root.rglob("*.steering.json")):
         result = load_steering(meta_path)
         m = result.meta
-        best = result.most_steerable()
-        rows = [{"family": f, "most steerable layer": layer, "mean KL over scales": kl}
-                for f, (layer, kl) in best.items()]
+        rows, cols, caption = steering_layer_table(result)
         body = figure_html(plot_steering(result), alt="steering KL against scale per layer, "
                            "random control band, one panel per precision")
-        body += table_html(rows, ["family", "most steerable layer", "mean KL over scales"])
+        body += f'<p class="caption">{html.escape(caption)}</p>' + table_html(rows, cols)
         table = meta_path.parent / "steering-table.txt"
         if table.is_file():
             body += f"<details><summary>{html.escape(table.name)}</summary><pre>" \
@@ -366,6 +400,11 @@ def steering_sections(root: Path) -> list[Section]:
                 "suite": f"{m.suite_kind} seed {m.seed}" if m.suite_kind else None,
                 "suite hash": m.suite_hash, "examples": m.n_examples,
                 "layers": list(result.layers), "scales": list(result.scales),
+                "controls": f"{result.random_draws} random, {result.partition_draws} "
+                            "partition draws",
+                "held out": ("unknown (format 1)" if not result.has_examples else
+                             "yes: no scored prompt estimated the vectors" if result.heldout
+                             else "no"),
                 "command": m.command}
         title = "steering" if meta_path.parent == root else \
             f"steering {meta_path.parent.relative_to(root)}"
@@ -383,4 +422,5 @@ def build_report(run_dir: str | os.PathLike[str], *, command: str = "",
 
 
 __all__ = ["Section", "ReportError", "figure_html", "table_html", "render_report", "write_report",
-           "atlas_sections", "result_sections", "report_sections", "build_report"]
+           "atlas_sections", "result_sections", "report_sections", "steering_layer_table",
+           "steering_sections", "build_report"]
