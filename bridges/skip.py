@@ -165,9 +165,10 @@ def top_overlap(full: Float[Tensor, "batch d_vocab"], other: Float[Tensor, "batc
 
 def skip_measures(full: Float[Tensor, "batch d_vocab"], other: Float[Tensor, "batch d_vocab"]
                   ) -> dict[str, float]:
-    """Mean top-5 overlap and mean KL(full || other) in nats."""
+    """Mean top-5 overlap (and each prompt's) and mean KL(full || other) in nats."""
     target = full.argmax(-1)  # unused by KL; effects() also wants a target
-    return {"top5_overlap": float(top_overlap(full, other).mean()),
+    overlap = top_overlap(full, other)
+    return {"top5_overlap": float(overlap.mean()), "top5_per_prompt": overlap.tolist(),
             "kl": float(effects(full, other, target).kl.mean())}
 
 

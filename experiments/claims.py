@@ -1,6 +1,11 @@
-"""Regenerate ``claims.md``, ``threats.md`` and ``gems.md`` from the result files.
+"""Regenerate ``claims.md``, ``threats.md``, ``gems.md`` and the findings table from the
+result files.
 
-    python -m experiments.claims [--root DIR]
+    python -m experiments.claims [--root DIR] [--findings PATH]
+
+The findings table (:mod:`experiments.findings`: every claim of the origin report, judged)
+goes to ``docs/findings.md`` of the repository when the root is the repository's own
+``experiments/``, else to ``ROOT/findings.md``.
 
 ``--root`` is the experiments root (default: the repository's ``experiments/`` from a source
 checkout, wherever the command runs; see :mod:`experiments.paths`).
@@ -18,7 +23,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from experiments.blocks import Statement, all_blocks
-from experiments.paths import add_root_argument, root_from
+from experiments.findings import render_findings
+from experiments.paths import PACKAGE_DIR, add_root_argument, root_from
 from experiments.records import RESULT_KIND, RESULTS_DIR
 from tlatlas.io import atomic_write
 
@@ -77,27 +83,42 @@ def render(kind: str, items: list[Statement], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_claims(root: Path, command: str = "python -m experiments.claims") -> dict[str, Path]:
-    """Write the three files into ``root``; returns their paths by kind."""
+def findings_path(root: Path) -> Path:
+    """``docs/findings.md`` when ``root`` is the repository's own experiments directory,
+    else ``root/findings.md``."""
+    docs = PACKAGE_DIR.parent / "docs"
+    if Path(root).resolve() == PACKAGE_DIR and docs.is_dir():
+        return docs / "findings.md"
+    return Path(root) / "findings.md"
+
+
+def write_claims(root: Path, command: str = "python -m experiments.claims",
+                 findings: Path | None = None) -> dict[str, Path]:
+    """Write the three statement files into ``root`` and the findings table (to
+    ``findings`` or :func:`findings_path`); returns their paths by kind
+    (``claim``, ``threat``, ``gem``, ``findings``)."""
     found = statements(root)
-    paths = {}
-    for kind, name in FILES.items():
-        text = render(kind, [s for s in found if s.kind == kind], command)
-        path = Path(root) / name
+    texts = {kind: (Path(root) / name, render(kind, [s for s in found if s.kind == kind], command))
+             for kind, name in FILES.items()}
+    texts["findings"] = (findings or findings_path(root), render_findings(found, command))
+    for path, text in texts.values():
         atomic_write(path, lambda p, t=text: Path(p).write_text(t))
-        paths[kind] = path
-    return paths
+    return {kind: path for kind, (path, _) in texts.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.claims", description=__doc__.split("\n")[0])
     add_root_argument(parser)
+    parser.add_argument("--findings", type=Path, default=None,
+                        help="where to write the findings table (default: docs/findings.md for "
+                             "the repository's experiments root, else ROOT/findings.md)")
     args = parser.parse_args(argv)
     command = "python -m experiments.claims" + (f" --root {args.root}" if args.root is not None else "")
-    paths = write_claims(root_from(args), command)
-    for path in paths.values():
-        n = path.read_text().count("\n- ")
-        print(f"wrote {path} ({n} statements)")
+    paths = write_claims(root_from(args), command, args.findings)
+    for kind, path in paths.items():
+        text = path.read_text()
+        n = text.count("\n| ") - 2 if kind == "findings" else text.count("\n- ")
+        print(f"wrote {path} ({n} {'rows' if kind == 'findings' else 'statements'})")
     return 0
 
 

@@ -99,7 +99,35 @@ def _hub_claim(model: str, size: str, seed, value: dict, sources, what: str) -> 
         f"over L{kl['runner_up']} {m['estimate']:.3f} nats; family agreement "
         f"{kl['family_agreement']['estimate']:.0%} [{kl['family_agreement']['ci'][0]:.0%}, "
         f"{kl['family_agreement']['ci'][1]:.0%}]",
-        _interval(m, kl["n_used"]), size=size, sources=sources)
+        _interval(m, kl["n_used"]), size=size, sources=sources, origin="hub-location",
+        model=model, value=f"seed {seed}: L{kl['hub_layer']} of {value['n_layers']}, P(hub) {p:.2f}")
+
+
+def seeds_claim(model: str, size: str, recs: list[dict]) -> Statement:
+    """"The hub replicates across seeds": *supported* when every seed finds the same hub
+    with a margin whose CI excludes 0, *contradicted* when two seeds find different hubs
+    each with such a margin, else inconclusive. ``n`` is the number of seeds; the CI is the
+    range of the hub layer over the seeds' bootstrap distributions (layers with P(hub) >= 2.5%)."""
+    kls = [r["value"]["kl"] for r in recs]
+    hubs = [kl["hub_layer"] for kl in kls]
+    clear = [kl["hub_margin"]["ci"][0] > 0 for kl in kls]
+    if size == "smoke":
+        v = "smoke: not evidence"
+    elif len(set(hubs)) == 1:
+        v = "supported" if all(clear) else "inconclusive"
+    else:
+        firm = {h for h, c in zip(hubs, clear, strict=True) if c}
+        v = "contradicted" if len(firm) > 1 else "inconclusive"
+    plausible = [layer for kl in kls for layer, p in zip(kl["layers"], kl["hub_probability"],
+                                                          strict=True) if p >= 0.025]
+    seeds = ", ".join(f"{r['seed']}: L{h}" for r, h in zip(recs, hubs, strict=True))
+    return Statement(
+        kind="claim", sources=tuple(r["path"] for r in recs), n=len(recs),
+        ci=(float(min(plausible)), float(max(plausible))), verdict=v, origin="seed-std",
+        model=model, value=f"hubs {seeds}", text=(
+            f"{model} ({size}): the hub replicates across {len(recs)} seeds ({seeds}); "
+            f"{sum(clear)} of them with a margin whose CI excludes 0; layers with P(hub) "
+            f">= 2.5% on some seed span L{min(plausible)}-L{max(plausible)}"))
 
 
 def same_verdict(a: dict, b: dict, contrast: dict, size: str, *, same: bool | None = None) -> str:
@@ -133,6 +161,7 @@ def summarize_hub_replication(results: dict[str, list[dict]]) -> list[Statement]
                                   "the zero-ablation hub"))
         hubs = [r["value"]["kl"]["hub_layer"] for r in recs]
         if len(recs) > 1:
+            out.append(seeds_claim(model, size, recs))
             spread = spread_of([r["seed"] for r in recs], hubs,
                                [r["value"]["kl"]["family_agreement"]["estimate"] for r in recs])
             distinct = len({r["value"]["suite_hash"] for r in recs})
@@ -188,7 +217,8 @@ def summarize_nl_hub(results: dict[str, list[dict]]) -> list[Statement]:
             c = v["nl_contrast"]
             out.append(Statement(
                 kind="claim", sources=(r["path"],), n=c["n"], ci=tuple(c["ci"]),
-                verdict=same_verdict(nl, syn, c, size), text=(
+                verdict=same_verdict(nl, syn, c, size), origin="nl-hub", model=model,
+                value=f"NL L{nl['hub_layer']} vs synthetic L{syn['hub_layer']}", text=(
                     f"{model} ({size}, seed {r['seed']}): the hub is the same on natural-"
                     f"language prompts (L{nl['hub_layer']}, margin {nl['hub_margin']['estimate']:.3f}"
                     f" [{nl['hub_margin']['ci'][0]:.3f}, {nl['hub_margin']['ci'][1]:.3f}]) as on "
@@ -232,7 +262,9 @@ def summarize_suite_breadth(results: dict[str, list[dict]]) -> list[Statement]:
                     f"(agreement {h12['family_agreement']['estimate']:.0%}); on the 4 families "
                     f"their hub's effect exceeds the 12-family hub's by {c['estimate']:.3f} nats")
             out.append(Statement(kind="claim", sources=(r["path"],), n=c["n"], ci=tuple(c["ci"]),
-                                 verdict=v, text=text))
+                                 verdict=v, text=text, origin="suite-breadth", agrees=False,
+                                 model=model, value=f"4 families L{h4['hub_layer']} vs 12 "
+                                                    f"L{h12['hub_layer']}"))
             if v == "contradicted":
                 out.append(Statement(kind="gem", sources=(r["path"],), n=c["n"], ci=tuple(c["ci"]),
                                      verdict="supported", text=(
@@ -292,7 +324,8 @@ def summarize_position_bias(results: dict[str, list[dict]]) -> list[Statement]:
                 f"layers {r['value']['layers']} is " + ", ".join(
                     f"{k} {x:.3f}" for k, x in v["mean"].items())
                 + f" nats; last minus body, per example, {d['estimate']:.3f} nats",
-                iv, size=size, sources=(r["path"],)))
+                iv, size=size, sources=(r["path"],), origin="position-bias", model=model,
+                value=f"last − body {d['estimate']:.3f} nats"))
     return out
 
 
@@ -356,14 +389,17 @@ def summarize_ablation_kinds(results: dict[str, list[dict]]) -> list[Statement]:
                 + ", ".join(f"{k} L{h}" for k, h in hubs.items()) + "; Spearman of layer "
                 "profiles " + ", ".join(f"{k} {x:.2f}" for k, x in
                                         v["layer_effect_spearman"].items()),
-                iv(v["zero_minus_mean"]), size=size, sources=src))
+                iv(v["zero_minus_mean"]), size=size, sources=src,
+                origin="zero-not-destructive", agrees=False, model=model,
+                value=f"zero − mean {v['zero_minus_mean']['estimate']:.3f} nats"))
             mean_iv = iv(v["mean_effect"])
             out.append(judged(
                 f"{model} ({size}, seed {r['seed']}): mean ablation (reference means from a "
                 "disjoint seed, never the scored batch) has a non-zero effect (the origin "
                 f"report found it all-zero): {mean_iv.estimate:.3f} nats per example, averaged "
                 "over layers", mean_iv, size=size, sources=src,
-                kind="gem"))
+                kind="gem", origin="mean-useless", agrees=False, model=model,
+                value=f"mean ablation {mean_iv.estimate:.3f} nats"))
             if len(set(hubs.values())) > 1:
                 out.append(Statement(kind="threat", sources=src, text=(
                     f"{model} ({size}, seed {r['seed']}): the hub depends on the ablation kind "
@@ -422,6 +458,8 @@ def summarize_hub_compare(results: dict[str, list[dict]]) -> list[Statement]:
         out.append(Statement(
             kind="claim", sources=(r["path"],), n=d["n"], ci=tuple(d["ci"]),
             verdict=same_verdict(a, b, d, r["size"], same=d["estimate"] == 0),
+            origin="own-atlas", agrees=False, model=" vs ".join(r["value"]["models"]),
+            value=f"relative depth difference {d['estimate']:.2f}",
             text=(f"hub comparison ({r['size']}, seed {r['seed']}): the two models put their "
                   "hub at the same relative depth: " + "; ".join(
                       f"{m} L{h['kl']['hub_layer']} of {h['n_layers']} (relative depth "

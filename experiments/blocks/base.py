@@ -58,6 +58,16 @@ class Statement:
     """95% interval of the statistic the verdict is about."""
     verdict: str | None = None
     """One of :data:`VERDICTS`."""
+    origin: str | None = None
+    """The origin report's claim this statement answers (an id of
+    :data:`experiments.findings.ORIGIN_CLAIMS`), if any."""
+    agrees: bool = True
+    """False when the statement asserts the *opposite* of that origin claim (its verdict
+    then counts the other way in ``findings.md``)."""
+    model: str | None = None
+    """The model (or ``A -> B`` pair) the statement is about, for ``findings.md``."""
+    value: str | None = None
+    """The measured value in a few words (``L3``, ``0.41 nats``), for ``findings.md``."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("claim", "threat", "gem"):
@@ -92,16 +102,17 @@ VERDICTS = ("supported", "contradicted", "inconclusive", "smoke: not evidence",
 
 
 def judged(text: str, interval, *, size: str, sources: tuple[str, ...], kind: str = "claim",
-           smoke_sizes: tuple[str, ...] = ("smoke",)) -> Statement:
+           smoke_sizes: tuple[str, ...] = ("smoke",), **origin: Any) -> Statement:
     """A claim about ``interval`` (a :class:`tlatlas.stats.Interval`): supported when its
     95% CI lies above 0, contradicted when below, else inconclusive (the default rule);
-    at smoke size never evidence."""
+    at smoke size never evidence. ``origin`` sets the findings fields (``origin``,
+    ``agrees``, ``model``, ``value``)."""
     from tlatlas.stats import verdict
 
     v = verdict(interval, smoke=size in smoke_sizes)
     return Statement(kind=kind if kind != "gem" or v == "supported" else "claim", text=text,
                      sources=sources, n=interval.n, ci=(interval.ci_low, interval.ci_high),
-                     verdict=v)
+                     verdict=v, **origin)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -128,6 +128,13 @@ def run_lora_strategies(ctx) -> dict:
                           on_run=ctx.say)
 
 
+STRATEGY_ORIGINS = {"random": ("lora-vs-random", True),
+                    "all-linear": ("lora-vs-all-linear", True),
+                    "last-k": ("late-layers", False)}
+"""The origin claim each comparison answers ("atlas beats last-k" is the opposite of
+"target late layers")."""
+
+
 def summarize_lora_strategies(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
     for (model, size), recs in by_model_size(results.get("lora-strategies", [])).items():
@@ -155,8 +162,11 @@ def summarize_lora_strategies(results: dict[str, list[dict]]) -> list[Statement]
                         f"atlas - {name} = {_ci(c['exact_match'])})")
                 if name == "random":
                     text += f"; held-out loss after LoRA, best first: {ranking}"
+                origin, agrees = STRATEGY_ORIGINS.get(name, (None, True))
                 out.append(judged(text + ".", _interval(c["loss"]), size=size, sources=paths,
-                                  kind="gem" if name == "random" else "claim"))
+                                  kind="gem" if name == "random" else "claim", origin=origin,
+                                  agrees=agrees, model=model,
+                                  value=f"{name} − atlas {c['loss']['estimate']:.3f} nats"))
             out += _chooser_threats(model, size, r, paths)
             for name, why in v.get("skipped", {}).items():
                 out.append(Statement(kind="threat", sources=paths, text=(
@@ -229,7 +239,9 @@ def summarize_module_sweep(results: dict[str, list[dict]]) -> list[Statement]:
                         f"exact match o - {name} = {_ci(c['exact_match'])}). Mean held-out "
                         f"loss at this budget: {curve}.",
                         _interval(c["loss"]), size=size, sources=paths,
-                        kind="gem" if name == "mlp" else "claim"))
+                        kind="gem" if name == "mlp" else "claim", origin="o-proj", model=model,
+                        value=f"{name} − o {c['loss']['estimate']:.3f} nats at {params['o']} "
+                              "params"))
             out += _chooser_threats(model, size, r, paths)
     return out
 
@@ -260,6 +272,29 @@ def run_layer_skip(ctx) -> dict:
     return out
 
 
+def _overlap_claims(head: str, model: str, size: str, v: dict, paths) -> list[Statement]:
+    """"All layers are necessary" (0% top-5 overlap after any skip): the per-prompt top-5
+    overlap after skipping the atlas's set, before recovery; its CI above 0 contradicts it."""
+    import torch
+
+    from tlatlas.stats import bootstrap_mean
+
+    out = []
+    for row in v["rows"]:
+        per_prompt = row["before"].get("top5_per_prompt")
+        if row["skip_set"] != "atlas" or not per_prompt:
+            continue
+        iv = bootstrap_mean(torch.tensor(per_prompt, dtype=torch.float64))
+        out.append(judged(
+            f"{head}: skipping the atlas's {v['k']} least important blocks "
+            f"{row['layers_skipped']} keeps part of the full model's top 5 (mean top-5 overlap "
+            f"{iv.estimate:.2f} [{iv.ci_low:.2f}, {iv.ci_high:.2f}] before recovery; the origin "
+            "report found 0% for every skip set)", iv, size=size, sources=paths,
+            origin="all-layers-necessary", agrees=False, model=model,
+            value=f"top-5 overlap {iv.estimate:.2f}"))
+    return out
+
+
 def summarize_layer_skip(results: dict[str, list[dict]]) -> list[Statement]:
     out = []
     for (model, size), recs in by_model_size(results.get("layer-skip", [])).items():
@@ -279,13 +314,16 @@ def summarize_layer_skip(results: dict[str, list[dict]]) -> list[Statement]:
                 f"(percentile {pb['estimate']:.0f}). The atlas's set is safer than the average same-size set (mean "
                 f"over sets - atlas = {_ci(v['comparisons']['random_sets_minus_atlas'])} nats).",
                 _interval(v["comparisons"]["random_sets_minus_atlas"]), size=size,
-                sources=paths, kind="gem"))
+                sources=paths, kind="gem", origin="g4-skip-recovery", model=model,
+                value=f"sets − atlas {v['comparisons']['random_sets_minus_atlas']['estimate']:.3f}"
+                      " nats"))
             out.append(judged(
                 f"{head}: skipping {v['k']} blocks, the atlas's set is safer than Block "
                 f"Influence's (BI - atlas = "
                 f"{_ci(v['comparisons']['block_influence_minus_atlas'])} nats of KL).",
                 _interval(v["comparisons"]["block_influence_minus_atlas"]), size=size,
                 sources=paths))
+            out += _overlap_claims(head, model, size, v, paths)
             for row in v["rows"]:
                 if "recovery" not in row:
                     continue
@@ -297,7 +335,9 @@ def summarize_layer_skip(results: dict[str, list[dict]]) -> list[Statement]:
                     f"from {b['kl']:.3f} to {after['kl']:.3f} nats (top-5 overlap "
                     f"{b['top5_overlap']:.2f} -> {after['top5_overlap']:.2f}; before - after "
                     f"= {_ci(row['recovery'])}).",
-                    _interval(row["recovery"]), size=size, sources=paths))
+                    _interval(row["recovery"]), size=size, sources=paths,
+                    origin="g4-skip-recovery", model=model,
+                    value=f"{row['objective']} recovery {row['recovery']['estimate']:.3f} nats"))
             out += _chooser_threats(model, size, r, paths)
     return out
 
@@ -352,7 +392,8 @@ def summarize_checkpoint_lockin(results: dict[str, list[dict]]) -> list[Statemen
                 f"{model} ({size}, seed {r['seed']}): during LoRA on {v['family']}, the hub at "
                 f"steps {hubs}; after {last['steps']} steps the step-0 hub L{h0} is still the "
                 f"hub (its block KL minus the best other layer's = {_ci(m)} nats).",
-                _interval(m), size=size, sources=paths))
+                _interval(m), size=size, sources=paths, origin="g3-lockin", model=model,
+                value=f"step-0 hub margin {m['estimate']:.3f} nats at step {last['steps']}"))
             moved = judged(
                 f"{model} ({size}, seed {r['seed']}): LoRA on {v['family']} moved the hub "
                 f"away from L{h0} (at step {last['steps']} the best other layer exceeds it by "

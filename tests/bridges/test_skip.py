@@ -69,7 +69,9 @@ def atlas_file(tiny_models, tmp_path_factory):
 
 def test_skipping_no_layer_gives_overlap_one_and_kl_zero(tiny_dirs, tiny_models):
     row = skip_and_recover(tiny_dirs["llama"], tiny_models["llama"], [], PROMPTS)
-    assert row["before"] == {"top5_overlap": 1.0, "kl": 0.0}
+    before = row["before"]
+    assert (before["top5_overlap"], before["kl"]) == (1.0, 0.0)
+    assert before["top5_per_prompt"] == [1.0] * len(split(PROMPTS)[1])
     assert "after" not in row  # no steps, no recovery
 
 

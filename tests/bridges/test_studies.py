@@ -13,7 +13,13 @@ from bridges.module_sweep import (
     module_sweep,
     rank_costs,
 )
-from bridges.studies import DEFAULT_DRAWS, MIN_ADALORA_STEPS, strategy_study
+from bridges.studies import (
+    DEFAULT_DRAWS,
+    DEFAULT_SEEDS,
+    DEFAULT_TRAIN,
+    MIN_ADALORA_STEPS,
+    strategy_study,
+)
 from bridges.train import TrainConfig, answer_loss, lm_batch, split
 from tlatlas.atlas.config import AtlasConfig
 from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
@@ -43,9 +49,10 @@ def test_strategy_study_matches_budgets(tiny_dirs, atlas_file, tmp_path, capsys)
     assert main(["study", "strategies", "--model", str(tiny_dirs["llama"]), "--atlas",
                  str(atlas_file), "--families", "arithmetic", "--seeds", "0", "--top-k", "2",
                  "--rank", "2", "--steps", str(MIN_ADALORA_STEPS), "--n-train", "8",
-                 "--n-heldout", "2", "--out", str(out)]) == 0
+                 "--n-heldout", "2", "--random-draws", "2", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     rows = {r["strategy"]: r for r in data["rows"]}
+    assert data["chooser"]["positions_ablated"] and data["chooser"]["min_per_family"] > 0
     assert {"atlas", "random", "first-k", "last-k", "block-influence", "all-linear",
             "uniform-o"} <= rows.keys()
     budget = rows["atlas"]["trainable_params"]
@@ -60,9 +67,9 @@ def test_strategy_study_matches_budgets(tiny_dirs, atlas_file, tmp_path, capsys)
     assert sum(ada["final_ranks"].values()) <= ada["target_r"] * 3 and ada["pruned"]
     assert ada["schedule"] == {"tinit": 5, "tfinal": 10, "total_step": MIN_ADALORA_STEPS}
     assert data["skipped"] == {}
-    # random layer sets: DEFAULT_DRAWS draws, each trained, all at the budget
+    # random layer sets: --random-draws draws, each trained, all at the budget
     draws = [r for r in data["rows"] if r["strategy"] == "random"]
-    assert [r["draw"] for r in draws] == list(range(DEFAULT_DRAWS))
+    assert [r["draw"] for r in draws] == [0, 1]
     # every strategy is compared to atlas-guided on the shared (seed, prompt) pairs
     assert set(data["comparisons"]) == set(rows) - {"atlas"}
     for c in data["comparisons"].values():
@@ -242,3 +249,13 @@ def test_adalora_refuses_what_it_cannot_match(tiny_models):
         adalora_plan(tiny_models["llama"], 100, 10)
     with pytest.raises(ValueError, match="at least 2"):
         adalora_plan(tiny_models["llama"], 10_000, 1)
+
+
+def test_the_study_clis_defaults_are_the_librarys():
+    from bridges.skip_sets import DEFAULT_MAX_SETS
+    from tlatlas.cli import build_parser, lora
+
+    assert (lora.STUDY_STEPS, lora.STUDY_HELDOUT, lora.STUDY_DRAWS, lora.STUDY_MAX_SETS) == (
+        DEFAULT_TRAIN.steps, DEFAULT_TRAIN.n_heldout, DEFAULT_DRAWS, DEFAULT_MAX_SETS)
+    args = build_parser().parse_args(["study", "skip", "--atlas", "a", "--out", "o.json"])
+    assert tuple(args.seeds) == DEFAULT_SEEDS and args.steps == DEFAULT_TRAIN.steps

@@ -47,6 +47,13 @@ def test_real_blocks_on_a_tiny_model_and_claims_cite_existing_results(tiny_dirs,
     lines = [x for x in claims.splitlines() if x.startswith("- ")]
     assert lines and all("n = " in x and "smoke: not evidence" in x for x in lines)
     assert "No result supports" in paths["gem"].read_text()  # no gem from a smoke run
+    # findings: the origin report's claims, with the seeds' statements and smoke verdicts
+    findings = paths["findings"].read_text()
+    assert paths["findings"] == root / "findings.md"
+    hub_row = next(x for x in findings.splitlines() if x.startswith("| Each model has one hub"))
+    assert f"seed 42: L{v['kl']['hub_layer']} of 3" in hub_row and "smoke: not evidence" in hub_row
+    assert "| The hub replicates across seeds" in findings and "n = 2," in findings
+    assert "not testable here" in findings
     # a result that is removed takes its statements with it
     (root / ResultKey(block="t-fast-a", model=model, seed=137, size="smoke").relpath).unlink()
     assert "seed 137 to 274" not in write_claims(root)["claim"].read_text()
@@ -74,17 +81,38 @@ def test_steering_quant_and_two_model_blocks_on_tiny_models(tiny_dirs, tmp_path,
     zero = v["scales"].index(0)
     assert all(row[zero] == 0 for row in v["mean_kl"][0])  # s = 0 changes nothing
     assert v["layers"] == [0]  # smoke steers every 3rd layer of 3
+    # held out: 4 per family, 2 estimate the vectors (and the partition halves), 2 are scored
+    assert v["heldout"] and v["n_examples"] == v["n_train"] == 2 * len(v["families"])
+    assert (v["random_draws"], v["partition_draws"]) == (2, 2)
+    assert v["config"]["regime"] == "linear" and v["config"]["heldout_fraction"] == 0.5
+    neg = v["per_sign"]["negative"]
+    assert (neg["extreme"], neg["small"]) == (-1.0, -0.25)
+    assert len(neg["extreme_kl_over_random"][0]) == len(v["layers"])
+    best = v["best_layer"]["fp32"]
+    for key in ("slope", "over_random", "over_partition", "wrong_way"):
+        iv = best[key]
+        assert iv["n"] == v["n_examples"] and iv["ci"][0] <= iv["estimate"] <= iv["ci"][1]
+    assert best["layer"] == 0 and set(v["most_steerable"]["fp32"]) == set(v["families"])
+    assert v["amplification"] == {} and v["drift"] == {}  # one precision row
     quant = read_record(root, ResultKey(block="steer-quant", model=b, seed=42, size="smoke"))
-    assert quant["value"]["precisions"][0] == "fp32"
-    assert all(x == pytest.approx(1.0) for x in quant["value"]["amplification"][0][0]
-               if x == x)  # fp32 / fp32
+    q = quant["value"]
+    assert q["precisions"][0] == "fp32" and q["reference"] == "fp32" and q["heldout"]
+    assert set(q["amplification"]) == {"bf16", "nf4-fp32", "nf4-bf16", "int8"}
+    grid = q["amplification"]["bf16"]["vector"][0]  # layer 0, every scale
+    assert grid[q["scales"].index(0)] is None  # s = 0: both KLs are 0
+    assert all(c["n"] == q["n_examples"] and c["ci"][0] <= c["ci"][1] for c in grid if c)
+    assert q["drift"]["nf4-fp32"]["kl"]["estimate"] > q["drift"]["bf16"]["kl"]["estimate"] >= 0
     pair = read_record(root, ResultKey(block="hub-compare", model=f"{a}+{b}", seed=42,
                                        size="smoke"))
     assert set(pair["value"]["hubs"]) == {a, b} and len(pair["fingerprints"]) == 2
     paths = write_claims(root)
     claims = paths["claim"].read_text()
-    assert "steering transfer" in claims and "amplification" in claims
+    assert "steering transfer" in claims and "amplifies steering over fp32" in claims
+    assert "raises the answer more than a norm-matched random direction" in claims
     assert "hub comparison" in claims
+    steering = [x for x in claims.splitlines() if "steer" in x and x.startswith("- ")]
+    assert steering and all("smoke: not evidence" in x and "n = " in x for x in steering)
+    assert "95% CI [" in claims.split("amplifies steering over fp32")[1].splitlines()[0]
 
 
 def test_lora_skip_and_lockin_blocks_on_a_tiny_model(tiny_dirs, tmp_path, marks):
@@ -110,5 +138,10 @@ def test_lora_skip_and_lockin_blocks_on_a_tiny_model(tiny_dirs, tmp_path, marks)
     assert lockin["rows"][0]["spearman_vs_step0"] == 1.0
     text = write_claims(root)["claim"].read_text()
     for phrase in ("held-out loss after LoRA", "with the layers fixed", "skipping 2 blocks",
-                   "during LoRA on json"):
+                   "during LoRA on json", "keeps part of the full model's top 5"):
         assert phrase in text
+    findings = (root / "findings.md").read_text()
+    for origin in ("Atlas-guided LoRA beats random-matched", "o_proj is the most efficient",
+                   "All layers are necessary", "G3", "G4"):
+        row = next(x for x in findings.splitlines() if origin in x)
+        assert "smoke: not evidence" in row and "results/" in row

@@ -19,6 +19,11 @@ from tlatlas.cli.common import (
 from tlatlas.cli.common import device as device_type
 
 STRATEGIES = ["atlas", "random", "all-linear"]
+STUDY_STEPS, STUDY_HELDOUT, STUDY_DRAWS = 60, 32, 3
+"""The studies' defaults (bridges.studies.DEFAULT_TRAIN / DEFAULT_DRAWS; a test keeps them
+equal, and the parser does not import torch to read them)."""
+STUDY_MAX_SETS = 100
+"""bridges.skip_sets.DEFAULT_MAX_SETS."""
 
 
 def _check_size(args: argparse.Namespace, atlas_sums) -> None:
@@ -27,9 +32,20 @@ def _check_size(args: argparse.Namespace, atlas_sums) -> None:
         return
     if args.budget is None and args.top_k is None:
         fail(f"--strategy {args.strategy} needs --budget P or --top-k K")
-    n = len(atlas_sums.layers)
-    if args.top_k is not None and args.top_k > n:
-        fail(f"--top-k {args.top_k} is more layers than the atlas has ({n}); use 1..{n}")
+    if args.top_k is not None:
+        _check_top_k(args.top_k, atlas_sums)
+
+
+def _check_top_k(top_k: int, atlas_sums) -> None:
+    """--top-k against the layers the export may rank: the exact ones (all but for an
+    estimate-then-verify atlas)."""
+    from tlatlas.atlas.hubs import verified_layers
+
+    n, total = len(verified_layers(atlas_sums)), len(atlas_sums.layers)
+    if top_k > n:
+        what = "layers than the atlas has" if n == total else \
+            f"layers than the atlas verified ({n} of {total} are exact)"
+        fail(f"--top-k {top_k} is more {what} ({n}); use 1..{n}")
 
 
 def _modules(model, text: str) -> list[str]:
@@ -151,6 +167,7 @@ def _stability_rows(out: dict) -> None:
 def cmd_study(args: argparse.Namespace) -> int:
     from bridges.export import rank_layers
     from bridges.names import MODULES
+    from bridges.studies import chooser_record
     from bridges.train import TrainConfig
     from tlatlas.atlas.store import load_atlas
     from tlatlas.models import load_model
@@ -160,8 +177,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                         lr=args.lr)
     atlas = load_atlas(args.atlas)
     n = len(atlas.sums.layers)
-    if args.study != "skip" and args.top_k > n:
-        fail(f"--top-k {args.top_k} is more layers than the atlas has ({n}); use 1..{n}")
+    if args.study != "skip":
+        _check_top_k(args.top_k, atlas.sums)
     if args.study == "skip" and args.k > n:
         fail(f"--k {args.k} is more blocks than the atlas has ({n}); use 1..{n}")
     recovery_modules = MODULES if args.recovery_modules == "all" else tuple(
@@ -176,22 +193,30 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.study == "strategies":
         from bridges.studies import strategy_study
 
-        # at most 8 strategies per family and seed (two may be skipped at a small budget)
-        bar, on_run, finish = run_bar(len(args.seeds) * len(args.families) * 8,
-                                      "study strategies")
+        # per family and seed: the random draws and at most 7 other strategies (two may be
+        # skipped at a small budget)
+        bar, on_run, finish = run_bar(len(args.seeds) * len(args.families)
+                                      * (7 + args.random_draws), "study strategies")
         with bar:
-            out = strategy_study(args.model, model, atlas.sums, families=args.families,
-                                 seeds=args.seeds, top_k=args.top_k, rank=args.rank,
-                                 train=train, on_run=on_run)
+            out = strategy_study(args.model, model, atlas, families=args.families,
+                                 seeds=args.seeds, random_draws=args.random_draws,
+                                 top_k=args.top_k, rank=args.rank, train=train, on_run=on_run)
             finish()
     elif args.study == "modules":
-        from bridges.studies import MODULE_SETS, module_sweep
+        from bridges.module_sweep import MODULE_SETS, module_sweep, rank_costs
 
         layers = sorted(rank_layers(atlas.sums)[: args.top_k])
-        bar, on_run, finish = run_bar(len(args.seeds) * len(MODULE_SETS), "study modules")
+        budgets = None
+        if args.all_ranks:  # what every module costs at these ranks of `all`
+            grain = max(rank_costs(model, layers).values())
+            budgets = [grain * r for r in args.all_ranks]
+        n_budgets = len(args.all_ranks) if args.all_ranks else 3
+        bar, on_run, finish = run_bar(len(args.seeds) * len(MODULE_SETS) * n_budgets,
+                                      "study modules")
         with bar:
             out = module_sweep(args.model, model, layers, family=args.families[0],
-                               seeds=args.seeds, rank=args.rank, train=train, on_run=on_run)
+                               seeds=args.seeds, rank=args.rank, budgets=budgets, train=train,
+                               on_run=on_run)
             finish()
     elif args.study == "skip":
         from dataclasses import replace
@@ -203,7 +228,8 @@ def cmd_study(args: argparse.Namespace) -> int:
             out = layer_skip_study(args.model, model, atlas.sums, k=args.k, seed=args.seeds[0],
                                    recovery=replace(train, family=args.recovery_family),
                                    modules=recovery_modules, rank=args.rank,
-                                   device=args.device, on_run=on_run)
+                                   device=args.device, max_sets=args.max_sets,
+                                   objective=args.objective, on_run=on_run)
             finish()
     else:
         from bridges.stability import stability_study
@@ -220,6 +246,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                                                  families=fams),
                                   atlas_config=AtlasConfig(batch_size=8), on_run=on_run)
             finish()
+    out.setdefault("chooser", chooser_record(atlas))
     out.update({"kind": f"tlatlas.study.{args.study}", "model": args.model,
                 "fingerprint": model.fingerprint.to_dict(), "atlas": str(args.atlas),
                 "command": args.command_line})
@@ -328,22 +355,36 @@ def register(sub) -> None:
                    metavar="FAMILY",
                    help="families to fine-tune on; modules and stability use the first "
                         "(default json factual code)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], metavar="SEED",
                    help="training seeds, one run each; skip and stability use the first "
-                        "(default 0 1 2)")
+                        "(default 0 1)")
     p.add_argument("--top-k", type=positive_int, default=4, metavar="K",
                    help="layers adapted by the atlas strategy and its baselines (1 .. the "
                         "atlas's layer count) (default 4)")
     p.add_argument("--rank", type=positive_int, default=8, metavar="R",
                    help="LoRA rank (default 8)")
-    p.add_argument("--steps", type=non_negative_int, default=30,
-                   help="optimizer steps per fine-tune (default 30)")
+    p.add_argument("--steps", type=non_negative_int, default=STUDY_STEPS,
+                   help=f"optimizer steps per fine-tune (default {STUDY_STEPS})")
     p.add_argument("--n-train", type=positive_int, default=64, metavar="N",
                    help="training examples per fine-tune (default 64)")
-    p.add_argument("--n-heldout", type=positive_int, default=16, metavar="N",
-                   help="held-out examples per fine-tune (default 16)")
+    p.add_argument("--n-heldout", type=positive_int, default=STUDY_HELDOUT, metavar="N",
+                   help=f"held-out examples per fine-tune (default {STUDY_HELDOUT})")
     p.add_argument("--lr", type=positive_float, default=2e-3,
                    help="AdamW learning rate (default 2e-3)")
+    p.add_argument("--random-draws", type=positive_int, default=STUDY_DRAWS, metavar="M",
+                   help="strategies: random layer sets drawn per family and seed, each "
+                        f"compared with the atlas's (default {STUDY_DRAWS})")
+    p.add_argument("--all-ranks", type=positive_int, nargs="+", default=None, metavar="R",
+                   help="modules: the budgets of the loss-vs-parameters curve, as the "
+                        "parameters of LoRA on all modules at these ranks; every module set "
+                        "gets (nearly) that many (default: --rank / 2, --rank, 2 --rank)")
+    p.add_argument("--objective", choices=["distill", "lm"], default="distill",
+                   help="skip: recovery trains towards the full model's next-token "
+                        "distribution (distill) or on the language-model loss (lm) "
+                        "(default distill)")
+    p.add_argument("--max-sets", type=positive_int, default=STUDY_MAX_SETS, metavar="N",
+                   help="skip: same-size skip sets the atlas's set is ranked against (all "
+                        f"of them when there are at most N) (default {STUDY_MAX_SETS})")
     p.add_argument("--k", type=positive_int, default=4,
                    help="skip: blocks skipped per set (default 4)")
     p.add_argument("--recovery-family", type=family_or_any, default="any", metavar="FAMILY",

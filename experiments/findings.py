@@ -1,0 +1,160 @@
+"""``findings.md``: every claim of the origin report, judged by the results tlatlas holds.
+
+The origin report (``shared/origin-report.txt``) made the claims in :data:`ORIGIN_CLAIMS`.
+A block's ``summarize`` marks each statement that answers one of them (``origin``, and
+``agrees=False`` when the statement asserts the opposite); this module gathers those
+statements per claim and model into one table. A model's verdict on a claim:
+
+- each statement's verdict is read *relative to the origin claim* (a statement that asserts
+  the opposite and is supported contradicts the claim);
+- statements of one model that agree give that verdict; statements that disagree (seeds,
+  comparisons) give *inconclusive* and say how they split;
+- smoke-size statements are never evidence;
+- a claim no model here can test says *not testable here* and why; a claim whose block has
+  not run says so.
+
+Written by ``python -m experiments.claims`` beside claims.md (see there for where).
+"""
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from experiments.blocks.base import Statement
+
+FLIP = {"supported": "contradicted", "contradicted": "supported"}
+
+
+@dataclass(frozen=True)
+class OriginClaim:
+    """One claim of the origin report and where tlatlas answers it."""
+
+    id: str
+    claim: str
+    """What the origin report said, with its numbers."""
+    blocks: tuple[str, ...]
+    """The experiment blocks whose statements answer it."""
+    untestable: str | None = None
+    """Why no model on these machines can test it (the row's verdict then), or None."""
+
+
+QWEN = "these machines hold SmolLM2-135M and Gemma-3-270M only (no Qwen weights)"
+
+ORIGIN_CLAIMS: tuple[OriginClaim, ...] = (
+    OriginClaim("hub-location", "Each model has one hub layer (SmolLM2-1.7B: L0, one seed; "
+                "Qwen2.5-0.5B/1.5B/3B: L2/L14/L34)", ("hub-replication",)),
+    OriginClaim("hub-migration", "The hub migrates from early to late layers as model size grows "
+                "(Qwen2.5 0.5B → 1.5B → 3B: 8% → 50% → 94% depth)", ("hub-compare",),
+                untestable=f"needs one model family at three or more scales; {QWEN}. "
+                "hub-compare contrasts two families at normalised depth instead"),
+    OriginClaim("own-atlas", "Each model needs its own atlas: hubs sit at different depths in "
+                "different models", ("hub-compare",)),
+    OriginClaim("seed-std", "The hub replicates across seeds 42, 137, 256 with std = 0.0",
+                ("hub-replication",)),
+    OriginClaim("suite-breadth", "Hub location depends on suite breadth (1.5B: L26 with 4 "
+                "families, L14 with 12)", ("suite-breadth",)),
+    OriginClaim("nl-hub", "2,500 natural-language prompts give the same hub as the synthetic "
+                "suite", ("nl-hub",)),
+    OriginClaim("coder-flip", "Code training moves the hub (Qwen2.5-0.5B L2 → Coder-0.5B L22)",
+                (), untestable=f"needs a base model and its code-tuned twin; {QWEN}"),
+    OriginClaim("position-bias", "Answer tokens dominate ablation effects at all layers (8.65 "
+                "vs BOS 1.57)", ("position-bias",)),
+    OriginClaim("mean-useless", "Mean ablation is useless: it gives all-zero effects",
+                ("ablation-kinds",)),
+    OriginClaim("zero-not-destructive", "Zero ablation is not more destructive than mean "
+                "ablation", ("ablation-kinds",)),
+    OriginClaim("lora-vs-random", "Atlas-guided LoRA beats random-matched layers at equal "
+                "parameters (2–7× lower loss)", ("lora-strategies",)),
+    OriginClaim("lora-vs-all-linear", "Atlas-guided LoRA does as well as all-linear with 13.8× "
+                "fewer parameters", ("lora-strategies",)),
+    OriginClaim("late-layers", "Target late layers for LoRA (the last k layers do best)",
+                ("lora-strategies",)),
+    OriginClaim("o-proj", "o_proj is the most efficient module (loss 0.33 at 344K params vs "
+                "MLP 0.45 at 1.1M)", ("module-sweep",)),
+    OriginClaim("nf4-amplifies", "NF4 amplifies steering 476× (KL 10.0 vs bf16 0.021 at "
+                "s = −4)", ("steer-quant",)),
+    OriginClaim("nf4-vs-int8-speed", "Use NF4, not int8: int8 is 52% slower, NF4 only 9%",
+                ("quant-speed",)),
+    OriginClaim("all-layers-necessary", "All layers are necessary: every skip configuration "
+                "leaves 0% top-5 overlap", ("layer-skip",)),
+    OriginClaim("c4-steering-controls", "C4 (left broken): steering beats a random-vector "
+                "baseline", ("steer-controls",)),
+    OriginClaim("g1-steering-transfer", "G1 (left broken): steering directions transfer "
+                "across models", ("steer-transfer",)),
+    OriginClaim("g3-lockin", "G3 (left broken): the hub stays put while a LoRA adapter "
+                "trains (checkpoint lock-in)", ("checkpoint-lockin",)),
+    OriginClaim("g4-skip-recovery", "G4 (left broken): atlas-guided layer skip, then a "
+                "recovery fine-tune", ("layer-skip",)),
+)
+BY_ID = {c.id: c for c in ORIGIN_CLAIMS}
+
+
+def relative_verdict(s: Statement) -> str:
+    """``s``'s verdict on its origin claim (flipped when ``s`` asserts the opposite)."""
+    v = s.verdict or "inconclusive"
+    return v if s.agrees else FLIP.get(v, v)
+
+
+def combined_verdict(verdicts: Iterable[str]) -> str:
+    """One verdict from several statements (rule in the module docstring)."""
+    counts = Counter(verdicts)
+    if not counts:
+        return "not run yet"
+    if set(counts) == {"smoke: not evidence"}:
+        return "smoke: not evidence"
+    counts.pop("smoke: not evidence", None)
+    if len(counts) == 1:
+        return next(iter(counts))
+    split = ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
+    return f"inconclusive (statements split: {split})"
+
+
+def _cell(s: Statement) -> str:
+    parts = [s.value or "—"]
+    if s.n is not None:
+        parts.append(f"n = {s.n}")
+    if s.ci is not None:
+        parts.append(f"95% CI [{s.ci[0]:.3g}, {s.ci[1]:.3g}]")
+    return f"{parts[0]} ({', '.join(parts[1:])})" if len(parts) > 1 else parts[0]
+
+
+def check_origins(statements: Iterable[Statement]) -> None:
+    """Every ``origin`` a statement names is a known origin claim."""
+    unknown = sorted({s.origin for s in statements if s.origin and s.origin not in BY_ID})
+    if unknown:
+        raise ValueError(f"statements answer unknown origin claims {unknown}; known: "
+                         f"{', '.join(BY_ID)}")
+
+
+def render_findings(statements: list[Statement], command: str) -> str:
+    """The findings table (markdown) from every statement of ``experiments.claims``."""
+    check_origins(statements)
+    by: dict[str, dict[str, list[Statement]]] = defaultdict(lambda: defaultdict(list))
+    for s in statements:
+        if s.origin and s.kind in ("claim", "gem"):
+            by[s.origin][s.model or "?"].append(s)
+    lines = [
+        "# Findings: the origin report's claims, judged", "",
+        f"_Generated by `{command}` from the result files; do not edit by hand. Each row is "
+        "one claim of `shared/origin-report.txt`; each model's cell lists the statements that "
+        "answer it (value, n, 95% bootstrap CI) and its verdict on the claim by the rule of "
+        "`experiments/findings.py`. Full sentences are in `experiments/claims.md`._", "",
+        "| Origin claim | Model | Measured | Verdict | Result files |",
+        "|---|---|---|---|---|",
+    ]
+    for c in ORIGIN_CLAIMS:
+        models = by.get(c.id, {})
+        if not models:
+            verdict = (f"not testable here: {c.untestable}" if c.untestable else
+                       f"not run yet ({', '.join(c.blocks)})")
+            lines.append(f"| {c.claim} | — | — | {verdict} | — |")
+            continue
+        for i, (model, items) in enumerate(sorted(models.items())):
+            measured = "<br>".join(_cell(s) for s in items)
+            verdict = combined_verdict(relative_verdict(s) for s in items)
+            if c.untestable:
+                verdict = f"not testable here: {c.untestable} (measured: {verdict})"
+            files = "<br>".join(dict.fromkeys(f"`{p}`" for s in items for p in s.sources))
+            lines.append(f"| {c.claim if i == 0 else '〃'} | {model} | {measured} | {verdict} "
+                         f"| {files} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,52 @@
+"""The findings table: origin claims judged from block statements."""
+
+import pytest
+
+from experiments.blocks import Statement
+from experiments.findings import ORIGIN_CLAIMS, combined_verdict, relative_verdict, render_findings
+
+
+def claim(origin, verdict, *, agrees=True, model="m", value="v", src="results/a.json"):
+    return Statement(kind="claim", text="t", sources=(src,), n=12, ci=(0.1, 0.4),
+                     verdict=verdict, origin=origin, agrees=agrees, model=model, value=value)
+
+
+def test_a_statement_of_the_opposite_flips_its_verdict():
+    assert relative_verdict(claim("mean-useless", "supported", agrees=False)) == "contradicted"
+    assert relative_verdict(claim("mean-useless", "contradicted", agrees=False)) == "supported"
+    assert relative_verdict(claim("mean-useless", "inconclusive", agrees=False)) == "inconclusive"
+    assert relative_verdict(claim("nl-hub", "supported")) == "supported"
+
+
+def test_statements_that_disagree_are_inconclusive_and_smoke_is_never_evidence():
+    assert combined_verdict(["supported", "supported"]) == "supported"
+    assert combined_verdict(["supported", "contradicted"]).startswith("inconclusive")
+    assert combined_verdict(["smoke: not evidence"]) == "smoke: not evidence"
+    assert combined_verdict(["smoke: not evidence", "contradicted"]) == "contradicted"
+    assert combined_verdict([]) == "not run yet"
+
+
+def test_every_origin_claim_has_one_row_with_its_verdict():
+    found = [claim("mean-useless", "supported", agrees=False, model="smollm2-135m",
+                   value="mean ablation 0.400 nats"),
+             claim("mean-useless", "supported", agrees=False, model="gemma3-270m"),
+             claim("nl-hub", "inconclusive", model="smollm2-135m"),
+             Statement(kind="threat", text="x", sources=("results/b.json",), origin="nl-hub")]
+    text = render_findings(found, "python -m experiments.claims")
+    table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    # untouched claims: one row each; mean-useless: one row per model
+    assert len(table) == len(ORIGIN_CLAIMS) + 1
+    mean = [line for line in table if "Mean ablation is useless" in line or line.startswith("| 〃")]
+    assert len(mean) == 2 and all("contradicted" in line for line in mean)
+    assert "mean ablation 0.400 nats (n = 12, 95% CI [0.1, 0.4])" in text
+    coder = next(line for line in table if "Code training moves the hub" in line)
+    assert "not testable here" in coder and "no Qwen weights" in coder
+    o_proj = next(line for line in table if "o_proj is the most efficient" in line)
+    assert "not run yet (module-sweep)" in o_proj
+    assert "`results/a.json`" in text
+    assert "python -m experiments.claims" in text
+
+
+def test_an_unknown_origin_is_refused():
+    with pytest.raises(ValueError, match="unknown origin claims"):
+        render_findings([claim("no-such-claim", "supported")], "cmd")
