@@ -98,7 +98,8 @@ class BlockContext:
         """The atlas of ``models[model]`` on this run's suite, computed once and kept on disk.
 
         ``positions_ablated`` defaults to the block's ``positions_ablated`` parameter, else
-        the library default (:class:`~tlatlas.atlas.config.AtlasConfig`)."""
+        the library default (:class:`~tlatlas.atlas.config.AtlasConfig`); the layer-map
+        components computed are the block's ``components`` parameter (default all)."""
         from tlatlas.atlas.config import AtlasConfig
         from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
         from tlatlas.atlas.store import atlas_paths, load_atlas, save_atlas
@@ -108,7 +109,9 @@ class BlockContext:
         spec = SuiteSpec(kind=kind, seed=self.seed, per_family=self.params.get("per_family"),
                          families=tuple(fams) if fams else None)
         policy = positions_ablated or self.params.get("positions_ablated")
+        components = self.params.get("components")
         config = AtlasConfig(ablation=ablation, positions=positions,
+                             **({"components": tuple(components)} if components else {}),
                              layers=tuple(layers) if layers is not None else None,
                              batch_size=int(self.params.get("batch_size", 8)),
                              **({"positions_ablated": policy} if policy else {}))

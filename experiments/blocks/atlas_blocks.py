@@ -37,7 +37,10 @@ FOUR_FAMILIES = ("json", "factual", "code", "arithmetic")
 
 def _per_family(smoke: int, small: int, **extra) -> dict:
     """Sizes: at least 2 examples per family even at smoke size (a family mean needs more
-    than one example to have an interval; families with fewer are left out of the hub)."""
+    than one example to have an interval; families with fewer are left out of the hub).
+    Every atlas block reads the block component only (hubs, contrasts, position roles), so
+    its atlases compute that one: a third of the layer map's forwards."""
+    extra = {"components": ["block"], **extra}
     return {"smoke": {"per_family": smoke, **extra}, "small": {"per_family": small, **extra},
             "full": {"per_family": None, **extra}}
 
@@ -332,7 +335,8 @@ def summarize_position_bias(results: dict[str, list[dict]]) -> list[Statement]:
 register_block(Block(
     id="position-bias", priority=40, tags=("atlas",),
     question="Which position roles (BOS, body, last) carry the effect, at which layers?",
-    params=_per_family(2, 4, layer_stride=10) | {"full": {"per_family": 40, "layer_stride": 1}},
+    params=_per_family(2, 4, layer_stride=10) | {"full": {"per_family": 40, "layer_stride": 1,
+                                                         "components": ["block"]}},
     cost=_cost(150, 1500, 20000), run=run_position_bias, summarize=summarize_position_bias))
 
 

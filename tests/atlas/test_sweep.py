@@ -127,3 +127,31 @@ def test_position_chunks_agree(tiny_models, small_examples):
     for chunk in (3, 64):
         other = compute_atlas_sums(model, small_examples, replace(base, position_chunk=chunk))
         assert max_diff(ref, other) <= TOL
+
+
+@pytest.mark.parametrize("method", ["exact", "naive"])
+def test_only_the_chosen_components_are_computed(tiny_models, small_examples, tmp_path, method):
+    from tlatlas.atlas.store import load_atlas, save_atlas
+    from tlatlas.errors import InvalidInputError
+
+    model = tiny_models["llama"]
+    full = compute_atlas_sums(model, small_examples, AtlasConfig(batch_size=2, method=method))
+    config = AtlasConfig(batch_size=2, method=method, components=("block", "attn"))
+    assert config.components == ("attn", "block")  # canonical order
+    part = compute_atlas_sums(model, small_examples, config)
+    layer, ex = part.tensors["layer.sum"], part.tensors["example.layer"]
+    assert layer[:, 1].isnan().all() and ex[:, 1].isnan().all()  # mlp: not computed
+    for c in (0, 2):  # attn and block: the full atlas's values
+        assert torch.allclose(layer[:, c], full.tensors["layer.sum"][:, c], atol=1e-4)
+    assert hub_summary(part).hub_layer == hub_summary(full).hub_layer
+    with pytest.raises(InvalidInputError, match="component mlp was not computed"):
+        hub_summary(part, component="mlp")
+    atlas = build_atlas(model, SuiteSpec(per_family=2, families=("ioi",)),
+                        AtlasConfig(batch_size=2, components=("block",)))
+    save_atlas(atlas, tmp_path / "s")
+    assert load_atlas(tmp_path / "s").meta.components == ("block",)
+    with pytest.raises(InvalidInputError, match="components must be"):
+        AtlasConfig(components=("resid",))
+    with pytest.raises(InvalidInputError, match="estimates every component"):
+        build_atlas(model, SuiteSpec(per_family=2, families=("ioi",)),
+                    AtlasConfig(components=("block",)), method="attribution")

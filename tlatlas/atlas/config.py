@@ -57,6 +57,10 @@ class AtlasConfig:
     each); per-family clean accuracy and the n used are recorded either way."""
     min_family_examples: int = 2
     """Families scored on fewer examples are flagged and left out of the hub."""
+    components: tuple[str, ...] = COMPONENTS
+    """Layer-map components to compute (of :data:`COMPONENTS`); the others are NaN and a
+    hub of them is refused. ``("block",)`` costs a third of the layer map's forwards: for
+    what reads only the block's whole write (the hub)."""
 
     def __post_init__(self) -> None:
         check_kind(self.ablation)
@@ -74,6 +78,12 @@ class AtlasConfig:
             raise InvalidInputError("max_offset must be >= 1")
         if self.position_chunk < 1:
             raise InvalidInputError("position_chunk must be >= 1")
+        unknown = [c for c in self.components if c not in COMPONENTS]
+        if unknown or not self.components:
+            raise InvalidInputError(f"components must be some of {', '.join(COMPONENTS)}, got "
+                                    f"{self.components!r}")
+        object.__setattr__(self, "components",
+                           tuple(c for c in COMPONENTS if c in self.components))
 
     @property
     def auto_batch(self) -> bool:

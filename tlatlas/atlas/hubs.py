@@ -91,6 +91,10 @@ def verified_layers(sums: AtlasSums, component: str = "block") -> tuple[int, ...
 
 
 def _exact_layers(sums: AtlasSums, component: str) -> Bool[Tensor, " layer"]:
+    c = COMPONENTS.index(component)
+    if sums.n_examples and sums.tensors["layer.sum"][:, c].isnan().all():
+        raise InvalidInputError(f"component {component} was not computed in this atlas (it "
+                                "was built with fewer AtlasConfig.components); use block")
     mask = verified_layer_mask(sums, component)
     if mask is None:
         return torch.ones(len(sums.layers), dtype=torch.bool)

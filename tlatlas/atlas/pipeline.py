@@ -5,7 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from tlatlas.atlas.attribution import attribution_sums
-from tlatlas.atlas.config import AtlasConfig, atlas_hook_names
+from tlatlas.atlas.config import COMPONENTS, AtlasConfig, atlas_hook_names
 from tlatlas.atlas.distributed import (
     DistContext,
     all_reduce_role_stats,
@@ -87,6 +87,9 @@ def build_atlas(
     if method not in METHODS:
         raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     est, verify = _estimate_settings(method, estimator, steps, top_k, patience)
+    if method in ("attribution", "verify") and config.components != COMPONENTS:
+        raise InvalidInputError(f"--method {method} estimates every component; "
+                                "AtlasConfig.components applies to exact and naive atlases")
     if dist is not None and method == "verify":
         raise InvalidInputError("verify picks entries from the whole suite's estimate; run it "
                                 "in one process (or per shard with --shard)")
@@ -141,6 +144,7 @@ def build_atlas(
         reference_hash=ref_hash, command=command, timings=timings,
         world_size=dist.world_size if dist is not None else 1,
         positions_ablated=config.positions_ablated, correct_only=config.correct_only,
+        components=config.components,
         min_family_examples=config.min_family_examples, dtype=dtype_label(model.dtype),
         estimate=record,
     )

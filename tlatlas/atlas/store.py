@@ -74,6 +74,9 @@ class AtlasMeta:
     """Families scored on fewer examples are left out of the hub."""
     dtype: str = "fp32"
     """The dtype the model computed in (``fp32``, ``bf16``, ...)."""
+    components: tuple[str, ...] = COMPONENTS
+    """Layer-map components computed (the others are NaN). Added without a format bump:
+    older files computed all three."""
     estimate: dict[str, Any] = field(default_factory=dict)
     """For ``attribution`` and ``verify``: the estimator (method, steps); for ``verify``
     also top_k, patience, rank metric, the stopping rule, entries and cells verified out
@@ -93,6 +96,8 @@ class AtlasMeta:
         d = dict(d)
         d["fingerprint"] = Fingerprint.from_dict(d["fingerprint"])
         d["shard"] = tuple(d["shard"]) if d.get("shard") else None
+        if "components" in d:
+            d["components"] = tuple(d["components"])
         return cls(**known_fields(cls, d))
 
 
@@ -185,7 +190,8 @@ def merge_atlases(atlases: list[Atlas]) -> Atlas:
         raise AtlasFileError("nothing to merge")
     first = atlases[0].meta
     same = ("fingerprint", "suite_kind", "suite_hash", "seed", "ablation", "method",
-            "reference_hash", "metrics_version", "positions_ablated", "correct_only", "dtype")
+            "reference_hash", "metrics_version", "positions_ablated", "correct_only", "dtype",
+            "components")
     for a in atlases[1:]:
         for key in same:
             if getattr(a.meta, key) != getattr(first, key):

@@ -88,16 +88,20 @@ def replacements(batch: TokenBatch, clean: CleanRun, config: AtlasConfig,
     return values
 
 
-def layer_effects(ctx: AblationBatch, layers: Sequence[int], method: Method
+def layer_effects(ctx: AblationBatch, layers: Sequence[int], method: Method,
+                  components: Sequence[str] = COMPONENTS
                   ) -> Float[Tensor, "metric component layer batch"]:
-    """Effect of ablating each component of each layer at every position, per example."""
+    """Effect of ablating each component of each layer at every position, per example
+    (NaN for the components not in ``components``)."""
     model, batch, clean = ctx.model, ctx.batch, ctx.clean
     b = len(batch)
     mask = ablation_mask(batch.roles, ctx.positions_ablated).to(model.device)
-    out = torch.zeros(len(METRICS), len(COMPONENTS), len(layers), b)
+    out = torch.full((len(METRICS), len(COMPONENTS), len(layers), b), float("nan"))
+    chosen = [COMPONENTS.index(c) for c in components]
     for li, layer in enumerate(layers):
         if method == "naive":
-            for ci, comp in enumerate(COMPONENTS):
+            for ci in chosen:
+                comp = COMPONENTS[ci]
                 hooks = [(hook_name(layer, h), write_hook(ctx.values[hook_name(layer, h)], mask))
                          for h in COMPONENT_HOOKS[comp]]
                 with torch.inference_mode():
@@ -107,18 +111,20 @@ def layer_effects(ctx: AblationBatch, layers: Sequence[int], method: Method
                 e = effects(clean.scored_logits, scored, batch.target)
                 out[:, ci, li] = stack_effects(e).cpu()
             continue
-        # exact fast path: the three components stacked along the batch axis, one forward
-        n_c = len(COMPONENTS)
+        # exact fast path: the chosen components stacked along the batch axis, one forward
+        n_c = len(chosen)
         hooks = []
         for h in ("hook_attn_out", "hook_mlp_out"):
-            on = torch.tensor([h in COMPONENT_HOOKS[c] for c in COMPONENTS])
+            on = torch.tensor([h in COMPONENT_HOOKS[COMPONENTS[ci]] for ci in chosen])
+            if not on.any():
+                continue
             rows = on.repeat_interleave(b).to(model.device)
             value = ctx.values[hook_name(layer, h)].repeat(n_c, 1, 1)
             hooks.append((hook_name(layer, h), write_hook(value, mask.repeat(n_c, 1) & rows[:, None])))
         resid = clean.acts[hook_name(layer, "hook_resid_pre")].repeat(n_c, 1, 1)
         logits = run_from_layer(model, resid, layer, batch.scored_pos.repeat(n_c), fwd_hooks=hooks)
         e = effects(clean.scored_logits.repeat(n_c, 1), logits, batch.target.repeat(n_c))
-        out[:, :, li] = stack_effects(e).view(len(METRICS), n_c, b).cpu()
+        out[:, chosen, li] = stack_effects(e).view(len(METRICS), n_c, b).cpu()
     return out
 
 
@@ -270,7 +276,7 @@ def compute_atlas_sums(
         cb = CleanBatch(index=index, examples=exs, batch=batch,
                         clean=run_clean(model, batch, cached_hooks))
         ctx = ablation_batch(model, cb, config, means, layers, hooks)
-        layer_e = layer_effects(ctx, layers, config.method)
+        layer_e = layer_effects(ctx, layers, config.method, config.components)
         chunk = plans[exs[0].family].position_chunk if plans else config.position_chunk
         pos_e = position_effects(ctx, layers, config.method, chunk) if config.positions else None
         # the scored logits to the CPU first: accumulating cannot fail half-way on the device
