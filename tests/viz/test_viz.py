@@ -321,3 +321,16 @@ def test_default_map_layers():
     sums.tensors["count"][:] = 1
     sums.tensors["layer.sum"][0, 2, 7, 0] = 5.0  # hub L7 (block KL)
     assert default_map_layers(sums) == (0, 3, 6, 7, 10, 13, 16, 19, 23, 26, 29)
+
+
+def test_report_provenance_says_which_values_are_exact(tiny_models):
+    from tlatlas.viz.report import atlas_provenance
+
+    model, spec = tiny_models["llama"], SuiteSpec(per_family=2, families=("ioi", "code"))
+    exact = build_atlas(model, spec, AtlasConfig(batch_size=2))
+    assert atlas_provenance(exact)["values"] == "values: all exact (exact)"
+    verified = build_atlas(model, spec, AtlasConfig(batch_size=2), method="verify", top_k=1,
+                           patience=1)
+    line = atlas_provenance(verified)["values"]
+    n_exact = int(re.match(r"values: (\d)/9 layer entries exact", line).group(1))
+    assert 1 <= n_exact < 9 and "hub over the exact block layers only" in line

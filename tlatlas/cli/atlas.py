@@ -70,6 +70,7 @@ def _atlas(args: argparse.Namespace, dist) -> int:
 
     from tlatlas.atlas.config import AtlasConfig
     from tlatlas.atlas.distributed import collective_step
+    from tlatlas.atlas.exactness import exactness, exactness_line
     from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
     from tlatlas.atlas.store import save_atlas
     from tlatlas.models import check_layers
@@ -241,82 +242,17 @@ def table_metric(method: str, estimate: dict, asked: str = "kl") -> str:
 def table_entry(atlas, *, component: str = "block", **kwargs) -> dict:
     """One seed's row of the hub table and of ``show --json``: :func:`seed_entry` (keyword
     arguments as there) and ``values``: which values are exact (:func:`exactness`)."""
+    from tlatlas.atlas.exactness import exactness
     from tlatlas.atlas.summary import seed_entry
 
     return {**seed_entry(atlas, component=component, **kwargs),
             "values": exactness(atlas, component)}
 
 
-def exactness(atlas, component: str = "block") -> dict:
-    """Which of an atlas's values are exact, as plain data (``show --json``'s ``values``).
-
-    ``exact``: ``all`` (exact, naive), ``none`` (attribution: every value is the
-    estimate) or ``verified`` (estimate then verify: the verified entries are exact, the
-    others hold the estimate). With ``verified``: the layer entries exact out of how many,
-    the exact layers of each component, ``hub_layers`` (those of ``component``: the only
-    layers the hub and its evidence are taken over), position cells exact out of how many,
-    and the settings (top_k, patience, ...) from the metadata. Counts come from the
-    tensors, so they stay right when shards merge. ``estimated``: what an unverified value
-    holds."""
-    from tlatlas.atlas.config import COMPONENTS
-    from tlatlas.atlas.hubs import verified_layers
-
-    m, sums = atlas.meta, atlas.sums
-    record = m.estimate or {}
-    if m.method != "attribution" and not sums.has_verified:
-        return {"exact": "all", "method": m.method}
-    estimator = record.get("estimator")
-    out = {"exact": "verified" if sums.has_verified else "none", "method": m.method,
-           "estimator": estimator, "estimated": _estimated_values(estimator)}
-    if not sums.has_verified:
-        return out
-    exact = {c: list(verified_layers(sums, c)) for c in COMPONENTS}
-    out.update(entries=len(COMPONENTS) * len(sums.layers),
-               entries_verified=sum(len(v) for v in exact.values()), exact_layers=exact,
-               component=component, hub_layers=exact[component])
-    t = sums.tensors
-    if "role.verified" in t:  # role.verified [pcomp layer role family], role.count [role family]
-        pcomp, n_l = t["role.verified"].shape[:2]
-        out.update(cells=int(pcomp * n_l * t["role.count"].sum()),
-                   cells_verified=int(t["role.verified"].sum()))
-    out.update({k: record[k] for k in ("top_k", "patience", "rank_metric", "layer_ranking",
-                                       "layer_rounds", "rule") if k in record})
-    return out
-
-
-def _estimated_values(estimator: dict | None) -> str:
-    """What an estimated entry holds, for an estimator's record (method, steps, name)."""
-    from tlatlas.atlas.estimators import MAGNITUDE_METHODS
-
-    if not estimator:
-        return "the estimate"
-    if estimator["method"] in MAGNITUDE_METHODS:
-        return (f"{estimator['name']}: a magnitude score in the dlogp slot (not a signed "
-                "dlogp); kl and acc_drop NaN")
-    if int(estimator["steps"]) == 1:
-        return "first_order: the estimate of dlogp; kl and acc_drop NaN"
-    return f"{estimator['name']} ({estimator['steps']} steps): estimates of kl and dlogp; acc_drop NaN"
-
-
-def exactness_line(e: dict) -> str:
-    """:func:`exactness` in a line or two for the tables."""
-    if e["exact"] == "all":
-        return f"values: all exact ({e['method']})"
-    if e["exact"] == "none":
-        return f"values: all estimated, none exact ({e['estimated']})"
-    layers = "; ".join(f"{c} " + (",".join(f"L{x}" for x in v) or "none")
-                       for c, v in e["exact_layers"].items())
-    text = (f"values: {e['entries_verified']}/{e['entries']} layer entries exact ({layers}; "
-            f"top {e.get('top_k', '?')} settled, patience {e.get('patience', '?')})")
-    if "cells" in e:
-        text += f", position cells {e['cells_verified']}/{e['cells']} exact"
-    return (text + f"\n  the rest estimated by {e['estimated']}\n  hub over the exact "
-            f"{e['component']} layers only")
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     import json
 
+    from tlatlas.atlas.exactness import exactness_line
     from tlatlas.atlas.store import find_atlases, load_atlas
 
     stems = find_atlases(args.dir)

@@ -140,12 +140,15 @@ def write_report(path: str | os.PathLike[str], page: str) -> Path:
 
 
 def atlas_provenance(atlas: Atlas) -> dict[str, Any]:
+    from tlatlas.atlas.exactness import exactness, exactness_line
+
     m = atlas.meta
     return {"model": m.model, "fingerprint": m.fingerprint.short,
             "weights sha256": m.fingerprint.to_dict().get("weights_sha256"),
             "suite": f"{m.suite_kind} seed {m.seed}", "suite hash": m.suite_hash,
             "ablation": m.ablation, "positions ablated": m.positions_ablated,
-            "method": m.method, "examples": m.n_examples, "dtype": m.dtype,
+            "method": m.method, "values": exactness_line(exactness(atlas)),
+            "examples": m.n_examples, "dtype": m.dtype,
             "correct only": m.correct_only,
             "reference hash": m.reference_hash, "command": m.command,
             "timings (s)": ", ".join(f"{k} {v:.1f}" for k, v in m.timings.items())}
