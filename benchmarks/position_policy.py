@@ -2,7 +2,8 @@
 
 For each model, ablation kind (zero, mean, resample) and position policy (all,
 all-but-bos, bos-only) this builds the exact block layer map on the same stratified
-sample of the synthetic suite and reports the hub with P(hub = L) and the hub's margin
+sample of the synthetic suite (the block component only: what the hub reads) and reports
+the hub with P(hub = L) and the hub's margin
 over the runner-up (95% stratified bootstrap over examples, 1,000 replicates). Every
 atlas is written under ``--out`` (reused on a rerun), and the table as JSON and text.
 
@@ -48,7 +49,8 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     atlas = build_atlas(model, SuiteSpec(seed=args.seed, per_family=args.per_family),
                                         AtlasConfig(ablation=kind, positions_ablated=policy,
-                                                    batch_size=args.batch_size),
+                                                    batch_size=args.batch_size,
+                                                    components=("block",)),
                                         command="python " + " ".join(sys.argv))
                     save_atlas(atlas, stem)
                     print(f"{name} {kind} {policy}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)

@@ -214,3 +214,17 @@ def test_attribution_with_a_path_estimator(tiny_dirs, tmp_path, capsys):
     assert meta.estimate["estimator"] == {"method": "ig_joint", "steps": 2, "name": "ig_joint"}
     assert "values: all estimated, none exact" in out
     assert "metric kl" in out  # a path of two points estimates KL too
+
+
+def test_components_block_computes_the_block_only(tiny_dirs, tmp_path, capsys):
+    from tlatlas.atlas.store import find_atlases, load_atlas
+
+    assert main(_atlas(tiny_dirs["llama"], tmp_path, "--batch-size", "3", "--components",
+                       "block")) == 0
+    atlas = load_atlas(find_atlases(tmp_path)[0])
+    assert atlas.meta.components == ("block",)
+    layer = atlas.sums.tensors["layer.sum"]
+    assert layer[:, :2].isnan().all() and layer[:, 2].isfinite().all()
+    capsys.readouterr()
+    assert main(["show", str(tmp_path), "--replicates", "20"]) == 0  # the hub reads block
+    assert "hub" in capsys.readouterr().out

@@ -45,6 +45,11 @@ CASES = [
      "--batch-size auto works with --method exact and naive"),
     ("auto-batch-with-attribution", ["atlas", "--method", "attribution", "--batch-size",
                                      "auto", "--out", "{out}"], "none", "--batch-size auto"),
+    ("components-with-verify", ["atlas", "--method", "verify", "--components", "block",
+                                "--out", "{out}"], "none",
+     "--components applies to --method exact and naive"),
+    ("components-unknown", ["atlas", "--components", "resid", "--out", "{out}"], "none",
+     "invalid choice: 'resid'"),
     ("method-unknown", ["atlas", "--method", "guess", "--out", "{out}"], "none",
      "invalid choice: 'guess'"),
     ("top-k-with-exact", ["atlas", "--top-k", "2", "--out", "{out}"], "none",
@@ -338,8 +343,8 @@ def test_steer_regime_grids_match_the_library():
 
 def test_position_choices_match_the_library():
     from tlatlas.atlas.ablation import POSITION_POLICIES
-    from tlatlas.atlas.config import AtlasConfig
-    from tlatlas.cli.atlas import DEFAULT_POSITIONS, POSITION_CHOICES
+    from tlatlas.atlas.config import COMPONENTS, AtlasConfig
+    from tlatlas.cli.atlas import COMPONENT_CHOICES, DEFAULT_POSITIONS, POSITION_CHOICES
 
-    assert tuple(POSITION_CHOICES) == POSITION_POLICIES
+    assert tuple(POSITION_CHOICES) == POSITION_POLICIES and COMPONENT_CHOICES == COMPONENTS
     assert AtlasConfig().positions_ablated == DEFAULT_POSITIONS

@@ -28,6 +28,8 @@ DEFAULT_POSITIONS = "all-but-bos"
 METHOD_CHOICES = ["exact", "naive", "attribution", "verify"]
 """tlatlas.atlas.pipeline.METHODS."""
 ESTIMATED = ("attribution", "verify")
+COMPONENT_CHOICES = ("attn", "mlp", "block")
+"""tlatlas.atlas.config.COMPONENTS (the parser does not import torch; a test checks)."""
 """The methods that rank or fill entries by an estimate (--estimator, --steps)."""
 ESTIMATOR_CHOICES = ["first_order", "bound", "graddrop", "ig_joint", "ig"]
 """tlatlas.atlas.estimators.ESTIMATOR_METHODS, and first_order (ig_joint with one point)."""
@@ -89,7 +91,8 @@ def _atlas(args: argparse.Namespace, dist) -> int:
                          layers=tuple(args.layers) if args.layers else None,
                          positions_ablated=args.positions_ablated,
                          correct_only=args.correct_only,
-                         min_family_examples=args.min_family_examples)
+                         min_family_examples=args.min_family_examples,
+                         components=tuple(args.components))
     suites = {seed: suite_from_args(args, seed=seed) for seed in args.seeds}
     for suite in suites.values():
         if part is not None:
@@ -161,6 +164,9 @@ def _estimate_args(args: argparse.Namespace) -> dict:
         fail(f"{_listed(given)} to --method attribution or verify, not {method}")
     if method not in ESTIMATED:
         return {}
+    if tuple(args.components) != COMPONENT_CHOICES:
+        fail(f"--components applies to --method exact and naive; {method} estimates every "
+             "component")
     if args.batch_size == 0:
         fail(f"--batch-size auto works with --method exact and naive; give --method {method} "
              "a number")
@@ -345,6 +351,10 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                    help="precision the model is loaded and run in; fp32 for exact numbers "
                         "(default: bf16 on CUDA, fp32 on the CPU)")
+    p.add_argument("--components", nargs="+", choices=COMPONENT_CHOICES,
+                   default=list(COMPONENT_CHOICES), metavar="C",
+                   help="layer-map components to compute: attn, mlp, block (default all "
+                        "three; block alone costs a third, and is all the hub reads)")
     p.add_argument("--positions-ablated", choices=POSITION_CHOICES, default=DEFAULT_POSITIONS,
                    help="which positions a layer ablation touches: every position, all but "
                         "BOS (an attention sink whose activation is the same in every "
