@@ -16,6 +16,7 @@ statements per claim and model into one table. A model's verdict on a claim:
 Written by ``python -m experiments.claims`` beside claims.md (see there for where).
 """
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -109,8 +110,20 @@ def combined_verdict(verdicts: Iterable[str]) -> str:
     return f"inconclusive (statements split: {split})"
 
 
+def _seed_of(s: Statement) -> str | None:
+    """The seed of a one-record statement, from its result file's name (``small-seed42``)."""
+    if len(s.sources) != 1:
+        return None
+    m = re.search(r"-seed(\d+)\.json$", s.sources[0])
+    return m.group(1) if m else None
+
+
 def _cell(s: Statement) -> str:
-    parts = [s.value or "—"]
+    value = s.value or "—"
+    seed = _seed_of(s)
+    if seed is not None and "seed" not in value:
+        value = f"seed {seed}: {value}"
+    parts = [value]
     if s.n is not None:
         parts.append(f"n = {s.n}")
     if s.ci is not None:
@@ -150,6 +163,7 @@ def render_findings(statements: list[Statement], command: str) -> str:
             lines.append(f"| {c.claim} | — | — | {verdict} | — |")
             continue
         for i, (model, items) in enumerate(sorted(models.items())):
+            items = sorted(items, key=lambda s: int(_seed_of(s) or -1))
             measured = "<br>".join(_cell(s) for s in items)
             verdict = combined_verdict(relative_verdict(s) for s in items)
             if c.untestable:

@@ -30,7 +30,8 @@ def test_every_origin_claim_has_one_row_with_its_verdict():
     found = [claim("mean-useless", "supported", agrees=False, model="smollm2-135m",
                    value="mean ablation 0.400 nats"),
              claim("mean-useless", "supported", agrees=False, model="gemma3-270m"),
-             claim("nl-hub", "inconclusive", model="smollm2-135m"),
+             claim("nl-hub", "inconclusive", model="smollm2-135m",
+                   src="results/smollm2-135m/nl-hub/small-seed137.json", value="L0 vs L0"),
              Statement(kind="threat", text="x", sources=("results/b.json",), origin="nl-hub")]
     text = render_findings(found, "python -m experiments.claims")
     table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
@@ -44,6 +45,7 @@ def test_every_origin_claim_has_one_row_with_its_verdict():
     o_proj = next(line for line in table if "o_proj is the most efficient" in line)
     assert "not run yet (module-sweep)" in o_proj
     assert "`results/a.json`" in text
+    assert "seed 137: L0 vs L0 (n = 12" in text  # the seed from a one-record statement's file
     assert "python -m experiments.claims" in text
 
 
