@@ -119,11 +119,11 @@ def test_simulated_oom_halves_and_retries_with_the_same_sums(tiny_models, ioi6, 
 
     real, calls = sweep.layer_effects, []
 
-    def flaky(ctx, layers, method):
+    def flaky(ctx, *args):
         calls.append(len(ctx.batch))
         if len(calls) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(ctx, layers, method)
+        return real(ctx, *args)
 
     monkeypatch.setattr(sweep, "layer_effects", flaky)
     seen = []
