@@ -37,6 +37,8 @@ class OriginClaim:
     """The experiment blocks whose statements answer it."""
     untestable: str | None = None
     """Why no model on these machines can test it (the row's verdict then), or None."""
+    see_also: str | None = None
+    """Where a measurement outside the orchestrator bears on it (a doc), or None."""
 
 
 QWEN = "these machines hold SmolLM2-135M and Gemma-3-270M only (no Qwen weights)"
@@ -73,13 +75,15 @@ ORIGIN_CLAIMS: tuple[OriginClaim, ...] = (
     OriginClaim("o-proj", "o_proj is the most efficient module (loss 0.33 at 344K params vs "
                 "MLP 0.45 at 1.1M)", ("module-sweep",)),
     OriginClaim("nf4-amplifies", "NF4 amplifies steering 476× (KL 10.0 vs bf16 0.021 at "
-                "s = −4)", ("steer-quant",)),
+                "s = −4)", ("steer-quant",),
+                see_also="docs/steering.md (a `tlatlas steer` run on SmolLM2, fp32 vs NF4)"),
     OriginClaim("nf4-vs-int8-speed", "Use NF4, not int8: int8 is 52% slower, NF4 only 9%",
                 ("quant-speed",)),
     OriginClaim("all-layers-necessary", "All layers are necessary: every skip configuration "
                 "leaves 0% top-5 overlap", ("layer-skip",)),
     OriginClaim("c4-steering-controls", "C4 (left broken): steering beats a random-vector "
-                "baseline", ("steer-controls",)),
+                "baseline", ("steer-controls",),
+                see_also="docs/steering.md (a `tlatlas steer` run on SmolLM2 with both controls)"),
     OriginClaim("g1-steering-transfer", "G1 (left broken): steering directions transfer "
                 "across models", ("steer-transfer",)),
     OriginClaim("g3-lockin", "G3 (left broken): the hub stays put while a LoRA adapter "
@@ -160,6 +164,8 @@ def render_findings(statements: list[Statement], command: str) -> str:
         if not models:
             verdict = (f"not testable here: {c.untestable}" if c.untestable else
                        f"not run yet ({', '.join(c.blocks)})")
+            if c.see_also:
+                verdict += f"; see also {c.see_also}"
             lines.append(f"| {c.claim} | — | — | {verdict} | — |")
             continue
         for i, (model, items) in enumerate(sorted(models.items())):
