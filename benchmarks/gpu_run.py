@@ -85,6 +85,13 @@ def log(msg: str) -> None:
     print(f"[gpu_run] {msg}", flush=True)
 
 
+def error_row(err: Exception, what: str, *, keep: int = 3000) -> dict:
+    """A step that raised: its error and the end of its traceback, logged; the run goes on."""
+    log(f"{what}: {type(err).__name__}: {err}")
+    return {"status": "error", "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc()[-keep:]}
+
+
 def write_json(out: Path, name: str, data: dict) -> None:
     (out / name).write_text(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -416,9 +423,7 @@ def step_cost(args, out: Path, clock: Clock, tokenizer, work: Path, dtype) -> di
                     f"x{r['peak_over_estimate']:.2f})")
             rows[name] = row
         except Exception as err:  # record and go on to the next shape
-            rows[name] = {"status": "error", "error": f"{type(err).__name__}: {err}",
-                          "traceback": traceback.format_exc()[-3000:]}
-            log(f"cost {name}: {type(err).__name__}: {err}")
+            rows[name] = error_row(err, f"cost {name}")
         finally:
             model = None
             free_model(device)
@@ -470,9 +475,7 @@ def step_full_suite(args, out: Path, clock: Clock, tokenizer, work: Path, dtype,
                 f"{min(rows[name]['batch_sizes'].values())}..{max(rows[name]['batch_sizes'].values())}, "
                 f"peak {peak / 2**30:.2f} GiB")
         except Exception as err:
-            rows[name] = {"status": "error", "error": f"{type(err).__name__}: {err}",
-                          "traceback": traceback.format_exc()[-3000:]}
-            log(f"full suite {name}: {type(err).__name__}: {err}")
+            rows[name] = error_row(err, f"full suite {name}")
         finally:
             model = None
             free_model(device)
@@ -618,9 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     results[name] = run()
                 except Exception as err:
-                    results[name] = {"status": "error", "error": f"{type(err).__name__}: {err}",
-                                     "traceback": traceback.format_exc()[-4000:]}
-                    log(f"{name}: {type(err).__name__}: {err}")
+                    results[name] = error_row(err, name, keep=4000)
             results[name]["step_seconds"] = clock.elapsed() - t0
             if tok_source is not None:
                 results[name].setdefault("tokenizer", tok_source)
