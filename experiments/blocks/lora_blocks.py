@@ -42,13 +42,17 @@ CHOOSER_POLICY = "all-but-bos"
 """Positions the layer-choosing atlas ablates for the LoRA blocks."""
 SKIP_POLICY = "all"
 """Positions the skip-choosing atlas ablates (a skipped block writes nothing anywhere)."""
+ATLAS_COMPONENTS = ("block",)
+"""The layer-map components the chooser and checkpoint atlases compute: layer choice
+(:func:`bridges.export.rank_layers`), skip sets and the lock-in margin read the block
+ablation only, so attention and MLP ablations would triple the cost for nothing."""
 
 
 def _sizes(smoke: dict, small: dict, full: dict) -> dict:
     """Parameters per size. ``per_family`` (the suite the result's hash records and the
     runner's atlas is built on) is the chooser atlas's ``atlas_per_family``; no
     ``families`` key, so that atlas covers every family."""
-    base = {"top_k": 4, "rank": 8}
+    base = {"top_k": 4, "rank": 8, "components": list(ATLAS_COMPONENTS)}
     sizes = {"smoke": base | {"atlas_per_family": 2, "train_seeds": 1, "steps": 4,
                               "n_train": 8, "n_heldout": 4} | smoke,
              "small": base | {"atlas_per_family": 16, "train_seeds": 2, "steps": 60,
@@ -370,7 +374,8 @@ def run_checkpoint_lockin(ctx) -> dict:
     out = stability_study(ctx.model_name, ctx.model(), atlas.sums, family=p["family"],
                           checkpoints=(0, steps // 2, steps), top_k=_top_k(ctx), rank=p["rank"],
                           seed=_train_seeds(ctx)[0], train=_train_config(p), spec=spec,
-                          atlas_config=AtlasConfig(positions_ablated=CHOOSER_POLICY),
+                          atlas_config=AtlasConfig(positions_ablated=CHOOSER_POLICY,
+                                                   components=ATLAS_COMPONENTS),
                           on_run=ctx.say)
     out["chooser"] = chooser_record(atlas)
     return out
