@@ -1,11 +1,12 @@
-"""Regenerate ``claims.md``, ``threats.md``, ``gems.md`` and the findings table from the
-result files.
+"""Regenerate ``claims.md``, ``threats.md``, ``gems.md``, the findings table and the adapter
+studies' tables from the result files.
 
     python -m experiments.claims [--root DIR] [--findings PATH]
 
 The findings table (:mod:`experiments.findings`: every claim of the origin report, judged)
 goes to ``docs/findings.md`` of the repository when the root is the repository's own
-``experiments/``, else to ``ROOT/findings.md``.
+``experiments/``, else to ``ROOT/findings.md``; the studies' tables
+(:mod:`experiments.studies_report`) go beside it as ``studies-results.md``.
 
 ``--root`` is the experiments root (default: the repository's ``experiments/`` from a source
 checkout, wherever the command runs; see :mod:`experiments.paths`).
@@ -26,6 +27,7 @@ from experiments.blocks import Statement, all_blocks
 from experiments.findings import render_findings
 from experiments.paths import PACKAGE_DIR, add_root_argument, root_from
 from experiments.records import RESULT_KIND, RESULTS_DIR
+from experiments.studies_report import render_studies
 from tlatlas.io import atomic_write
 
 FILES = {"claim": "claims.md", "threat": "threats.md", "gem": "gems.md"}
@@ -53,9 +55,11 @@ def load_results(root: Path) -> tuple[dict[str, list[dict]], list[dict]]:
     return dict(ok), failed
 
 
-def statements(root: Path) -> list[Statement]:
-    """Every statement the results in ``root`` support."""
-    results, failed = load_results(root)
+def statements(root: Path, loaded: tuple[dict[str, list[dict]], list[dict]] | None = None
+               ) -> list[Statement]:
+    """Every statement the results in ``root`` (or ``loaded``: :func:`load_results`'s
+    answer for it) support."""
+    results, failed = loaded or load_results(root)
     out: list[Statement] = []
     for block in all_blocks().values():
         if block.summarize is not None and results.get(block.id):
@@ -94,13 +98,16 @@ def findings_path(root: Path) -> Path:
 
 def write_claims(root: Path, command: str = "python -m experiments.claims",
                  findings: Path | None = None) -> dict[str, Path]:
-    """Write the three statement files into ``root`` and the findings table (to
-    ``findings`` or :func:`findings_path`); returns their paths by kind
-    (``claim``, ``threat``, ``gem``, ``findings``)."""
-    found = statements(root)
+    """Write the three statement files into ``root``, the findings table (to ``findings`` or
+    :func:`findings_path`) and the studies' tables beside it; returns their paths by kind
+    (``claim``, ``threat``, ``gem``, ``findings``, ``studies``)."""
+    loaded = load_results(root)
+    found = statements(root, loaded)
     texts = {kind: (Path(root) / name, render(kind, [s for s in found if s.kind == kind], command))
              for kind, name in FILES.items()}
-    texts["findings"] = (findings or findings_path(root), render_findings(found, command))
+    table = findings or findings_path(root)
+    texts["findings"] = (table, render_findings(found, command))
+    texts["studies"] = (table.with_name("studies-results.md"), render_studies(loaded[0], command))
     for path, text in texts.values():
         atomic_write(path, lambda p, t=text: Path(p).write_text(t))
     return {kind: path for kind, (path, _) in texts.items()}
@@ -117,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_claims(root_from(args), command, args.findings)
     for kind, path in paths.items():
         text = path.read_text()
+        if kind == "studies":
+            print(f"wrote {path} ({text.count(chr(10) + '### ')} tables)")
+            continue
         n = text.count("\n| ") - 2 if kind == "findings" else text.count("\n- ")
         print(f"wrote {path} ({n} {'rows' if kind == 'findings' else 'statements'})")
     return 0

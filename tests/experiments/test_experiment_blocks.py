@@ -136,7 +136,18 @@ def test_lora_skip_and_lockin_blocks_on_a_tiny_model(tiny_dirs, tmp_path, marks)
     lockin = value("checkpoint-lockin")
     assert [r["steps"] for r in lockin["rows"]] == [0, 2, 4]
     assert lockin["rows"][0]["spearman_vs_step0"] == 1.0
-    text = write_claims(root)["claim"].read_text()
+    paths = write_claims(root)
+    text = paths["claim"].read_text()
+    studies = paths["studies"].read_text()
+    sections = studies.split("\n## ")[1:]
+    assert [s.split("\n")[0][:3] for s in sections] == ["(a)", "(b)", "(c)", "(d)"]
+    assert all("smoke: not evidence" in s and "Not run yet" not in s for s in sections)
+    atlas_row = next(x for x in sections[0].splitlines() if x.startswith("| atlas |"))
+    assert f"| {params['atlas']:,} |" in atlas_row and "reference" in atlas_row
+    lockin_rows = [x for x in sections[3].splitlines() if x[:2] == "| " and x[2].isdigit()]
+    assert [int(x.split("|")[1]) for x in lockin_rows] == [0, 2, 4]
+    skip_rows = [x for x in sections[2].splitlines() if x.startswith(("| atlas", "| random"))]
+    assert len(skip_rows) == 2 and all("→" in x for x in skip_rows)  # both were recovered
     for phrase in ("held-out loss after LoRA", "with the layers fixed", "skipping 2 blocks",
                    "during LoRA on json", "keeps part of the full model's top 5"):
         assert phrase in text

@@ -98,3 +98,13 @@ def test_lora_statements_carry_n_ci_and_a_verdict_by_the_rule(size):
     # lock-in: the step-0 hub lost its place (contradicted), and the move is a gem
     assert verdicts["checkpoint-lockin"] == [("claim", "contradicted"), ("gem", "supported")]
     assert statements["checkpoint-lockin"][0].n == 96
+
+
+def test_the_studies_report_says_which_studies_have_not_run():
+    from experiments.studies_report import BLOCKS, render_studies
+
+    text = render_studies({}, "python -m experiments.claims")
+    sections = text.split("\n## ")[1:]
+    assert len(sections) == len(BLOCKS)
+    assert all(f"Not run yet (`{b}`)" in s for b, s in zip(BLOCKS, sections, strict=True))
+    assert "python -m experiments.claims" in text
