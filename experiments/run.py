@@ -26,6 +26,7 @@ from experiments.paths import add_root_argument, root_from
 from experiments.runner import (
     DEFAULT_SEEDS,
     Task,
+    block_seeds,
     commit,
     plan,
     print_plan,
@@ -34,7 +35,7 @@ from experiments.runner import (
     run_task,
 )
 
-__all__ = ["DEFAULT_SEEDS", "Task", "build_parser", "commit", "main", "plan", "print_plan",
+__all__ = ["DEFAULT_SEEDS", "Task", "block_seeds", "build_parser", "commit", "main", "plan", "print_plan",
            "register", "run_plan", "run_task"]
 """The runner's API is re-exported: ``experiments.run.Task is experiments.runner.Task``."""
 
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--models", nargs="+", default=None, help="several models (A B for pairs)")
     p.add_argument("--blocks", default="all", help="all, or a comma list of block ids")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="suite seeds (default: 42 for smoke, 42 137 256 otherwise)")
+                   help="suite seeds (default: each block's suite_seeds at this size, else 42 "
+                        "for smoke and 42 137 256 otherwise)")
     p.add_argument("--size", choices=SIZES, default="smoke")
     p.add_argument("--dry-run", action="store_true", help="print the plan; run and write nothing")
     p.add_argument("--force", action="store_true", help="recompute cached results")
@@ -76,10 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{b.id:22} p{b.priority:<3} {b.question}")
         return 0
     models = args.models or [args.model or "smollm2-135m"]
-    seeds = args.seeds or list(DEFAULT_SEEDS[args.size])
     root = root_from(args)
     try:
-        tasks = plan(blocks, models, seeds, args.size, root, force=args.force)
+        tasks = plan(blocks, models, args.seeds, args.size, root, force=args.force)
     except TlatlasError as err:
         print(f"experiments.run: error: {err}", file=sys.stderr)
         return 2

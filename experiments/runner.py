@@ -36,7 +36,16 @@ from experiments.records import (
 from experiments.registry import append_line
 
 DEFAULT_SEEDS = {"smoke": (42,), "small": (42, 137, 256), "full": (42, 137, 256)}
-"""Seeds per size when ``--seeds`` is not given."""
+"""Seeds per size when ``--seeds`` is not given and the block names none (:func:`block_seeds`)."""
+
+
+def block_seeds(block: Block, size: str) -> tuple[int, ...]:
+    """The suite seeds ``block`` runs on at ``size`` when ``--seeds`` is not given: its
+    parameters' ``suite_seeds`` (a block whose n comes from within one run, e.g. training
+    seeds x held-out prompts, may name one), else :data:`DEFAULT_SEEDS`; a block that is not
+    ``seeded`` runs on the first."""
+    seeds = tuple(int(s) for s in block.params[size].get("suite_seeds") or DEFAULT_SEEDS[size])
+    return seeds if block.seeded else seeds[:1]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,16 +72,18 @@ def _weights_sha(name: str) -> str:
     return weights_sha256(resolve_source(name)[1])
 
 
-def plan(blocks: Sequence[Block], models: Sequence[str], seeds: Sequence[int], size: str,
+def plan(blocks: Sequence[Block], models: Sequence[str], seeds: Sequence[int] | None, size: str,
          root: Path, *, force: bool = False) -> list[Task]:
-    """Every task, and whether it would run, reuse a cached result, or be skipped."""
+    """Every task, and whether it would run, reuse a cached result, or be skipped.
+    ``seeds`` None: each block's own (:func:`block_seeds`)."""
     tasks: list[Task] = []
     shas = {m: _weights_sha(m) for m in models}
     for block in blocks:
         version = code_version(block.run.__module__)
         groups = [tuple(models)] if block.models == 2 else [(m,) for m in models]
         for group in groups:
-            for seed in (seeds if block.seeded else seeds[:1]):
+            chosen = block_seeds(block, size) if seeds is None else tuple(seeds)
+            for seed in (chosen if block.seeded else chosen[:1]):
                 key = ResultKey(block=block.id, model="+".join(group[: block.models]),
                                 seed=seed, size=size)
                 if len(group) < block.models:

@@ -50,12 +50,15 @@ ablation only, so attention and MLP ablations would triple the cost for nothing.
 def _sizes(smoke: dict, small: dict, full: dict) -> dict:
     """Parameters per size. ``per_family`` (the suite the result's hash records and the
     runner's atlas is built on) is the chooser atlas's ``atlas_per_family``; no
-    ``families`` key, so that atlas covers every family."""
+    ``families`` key, so that atlas covers every family. At ``small`` a block runs on one
+    suite seed (``suite_seeds``, read by the runner): its claims' n is training seeds x
+    held-out prompts within the run, and one seed is what a 2-core CPU affords; ``full``
+    replicates over the default three."""
     base = {"top_k": 4, "rank": 8, "components": list(ATLAS_COMPONENTS)}
     sizes = {"smoke": base | {"atlas_per_family": 2, "train_seeds": 1, "steps": 4,
                               "n_train": 8, "n_heldout": 4} | smoke,
              "small": base | {"atlas_per_family": 16, "train_seeds": 2, "steps": 60,
-                              "n_train": 64, "n_heldout": 32} | small,
+                              "n_train": 64, "n_heldout": 32, "suite_seeds": [42]} | small,
              "full": base | {"atlas_per_family": None, "train_seeds": 3, "steps": 200,
                              "n_train": 256, "n_heldout": 64} | full}
     return {k: {"per_family": v["atlas_per_family"]} | v for k, v in sizes.items()}

@@ -63,7 +63,10 @@ def _claim(text: str, n: int, size: str, sources: tuple[str, ...], **origin) -> 
 
 
 def _sized(smoke: dict, small: dict, full: dict) -> dict:
-    return {"smoke": smoke, "small": small, "full": full}
+    """Parameters per size. At ``small`` a block runs on one suite seed (``suite_seeds``,
+    read by the runner): its claims' n is held-out prompts x control draws within the run,
+    and one seed is what a 2-core CPU affords; ``full`` replicates over the default three."""
+    return {"smoke": smoke, "small": {"suite_seeds": [42]} | small, "full": full}
 
 
 def _cost(smoke: float, small: float, full: float, memory: float = 3.0) -> dict:

@@ -153,3 +153,23 @@ def test_changed_suite_hash_or_code_version_invalidates_a_cached_result(
         m.setattr(runner, "code_version", lambda module=None: "0.1.0+changed")
         assert actions()[0][0] == "run"
     assert actions() == [("cached", "")]
+
+
+def test_a_block_may_name_its_own_suite_seeds_and_seeds_on_the_command_line_win(
+        tiny_dirs, tmp_path):
+    from experiments.blocks import all_blocks
+
+    blocks = all_blocks()
+    assert runner.block_seeds(blocks["hub-replication"], "small") == runner.DEFAULT_SEEDS["small"]
+    for bid in ("lora-strategies", "layer-skip", "steer-controls", "steer-transfer"):
+        assert runner.block_seeds(blocks[bid], "small") == (42,)
+        assert runner.block_seeds(blocks[bid], "full") == runner.DEFAULT_SEEDS["full"]
+    assert runner.block_seeds(blocks["quant-speed"], "full") == (42,)  # not seeded: first only
+    model = str(tiny_dirs["llama"])
+    chosen = [blocks["hub-replication"], blocks["layer-skip"]]
+    planned = runner.plan(chosen, [model], None, "small", tmp_path)
+    assert [(t.block.id, t.key.seed) for t in planned] == [
+        ("hub-replication", 42), ("hub-replication", 137), ("hub-replication", 256),
+        ("layer-skip", 42)]
+    forced = runner.plan(chosen, [model], [7, 8], "small", tmp_path)
+    assert [t.key.seed for t in forced] == [7, 8, 7, 8]
