@@ -302,6 +302,30 @@ def _current(records: list[dict]) -> tuple[list[dict], list[Statement]]:
     return new, old
 
 
+SATURATION_NATS = 1.0
+"""A random direction's KL at the grid's smallest |s| above which the grid is not read as
+the linear regime on that model (a threat, not a verdict)."""
+
+
+def _saturation(who: str, layer: int, kl_small: list[float | None], smallest: float,
+                sources: tuple[str, ...]) -> list[Statement]:
+    """A threat when a norm-matched random direction moves the prediction by more than
+    :data:`SATURATION_NATS` already at the smallest |s| of a sign (``kl_small``): the
+    slopes then average over saturation."""
+    worst = max((k or 0.0) for k in kl_small)
+    if worst <= SATURATION_NATS:
+        return []
+    return [Statement(kind="threat", sources=sources, text=(
+        f"{who}: at L{layer} a norm-matched random direction already moves the next-token "
+        f"distribution by {worst:.3g} nats at the smallest scales (±{smallest:g}): the grid "
+        "is not in the linear regime on this model, so its slopes average over saturation."))]
+
+
+def _smallest(scales) -> list[int]:
+    """Indices of the smallest |s| of each sign."""
+    return [list(scales).index(c["small"]) for c in sign_scales(scales).values()]
+
+
 def _not_held_out(model, size, r) -> list[Statement]:
     v = r["value"]
     if v["heldout"]:
@@ -377,6 +401,9 @@ def summarize_steer_controls(results: dict[str, list[dict]]) -> list[Statement]:
                     "direction's slope is not above a norm-matched random direction's (the "
                     "95% CI of the difference reaches 0): there its effect may be the norm, "
                     "not the direction.")))
+            out += _saturation(f"{model} ({size}, seed {r['seed']})", b["layer"],
+                               [v["random_kl"][p][li][i] for i in _smallest(v["scales"])],
+                               min(abs(v["scales"][i]) for i in _smallest(v["scales"])), paths)
             out += _not_held_out(model, size, r)
     return out
 
@@ -518,39 +545,69 @@ register_block(Block(
 
 
 def run_steer_transfer(ctx) -> dict:
+    """Both directions, A -> B and B -> A, each with one model resident at a time."""
     from tlatlas.steering.transfer import steering_transfer
 
     release_models()  # the transfer loads A, then B, never both
-    work = ctx.root / "artifacts" / "transfer" / f"{ctx.size}-seed{ctx.seed}"
     # the transfer scores the prompts its vectors come from: no split, no partition control
     sweep = _config({**ctx.params, "partition_draws": 0})
-    result = steering_transfer(ctx.models[0], ctx.models[1], list(ctx.suite()), workdir=work,
-                               sweep=sweep, on_stage=ctx.say)
-    summary = result.summary()
-    for name, key in ((ctx.models[0], "fingerprint_a"), (ctx.models[1], "fingerprint_b")):
-        ctx.fingerprints[name] = summary["meta"][key]
-    return summary
+    out = []
+    for a, b in ((ctx.models[0], ctx.models[1]), (ctx.models[1], ctx.models[0])):
+        work = ctx.root / "artifacts" / "transfer" / f"{ctx.size}-seed{ctx.seed}-{len(out)}"
+        result = steering_transfer(a, b, list(ctx.suite()), workdir=work, sweep=sweep,
+                                   on_stage=lambda s, a=a, b=b: ctx.say(f"{a} -> {b}: {s}"))
+        summary = result.summary()
+        for name, key in ((a, "fingerprint_a"), (b, "fingerprint_b")):
+            ctx.fingerprints[name] = summary["meta"][key]
+        out.append(summary)
+    return {"directions": out}
 
 
 def summarize_steer_transfer(results: dict[str, list[dict]]) -> list[Statement]:
+    """Per direction and layer pair: does A's mapped vector raise B's answer more than B's
+    norm-matched random directions (slope difference, CI above 0: supported)? The text adds
+    B's own vector against the same control, transferred − own, the map's held-out R² and
+    the KL at the extreme scales; a grid whose smallest scale already moves a random
+    direction by more than 1 nat on B is a threat (not the linear regime there)."""
     out = []
     for r in results.get("steer-transfer", []):
-        v = r["value"]
-        a, b = v["meta"]["model_a"], v["meta"]["model_b"]
-        cells = [(c["extreme"], v["scales"].index(c["extreme"]))
-                 for c in sign_scales(v["scales"]).values()]
-        pairs = "; ".join(
-            f"L{la}->L{lb} held-out R² {r2:.2f} (n = held-out samples), KL own / transferred / "
-            "random " + ", ".join(f"at s={s:+g} {own[i]:.3f} / {tr[i]:.3f} / {rnd[i]:.3f}"
-                                  for s, i in cells)
-            for (la, lb), r2, own, tr, rnd in zip(
-                v["pairs"], v["r2"], v["own_kl"], v["transferred_kl"], v["random_kl"], strict=True))
-        out.append(_claim(
-            f"steering transfer {a} -> {b} ({r['size']}, seed {r['seed']}): {pairs} nats "
-            "(scored on the prompts the vectors were estimated on; means, no interval)",
-            min(v["n_test"]) if v.get("n_test") else 0, r["size"], (r["path"],),
-            origin="g1-steering-transfer", model=f"{a} -> {b}",
-            value=f"held-out R² {min(v['r2']):.2f}"))
+        paths = (r["path"],)
+        for v in r["value"].get("directions", []):
+            a, b = v["meta"]["model_a"], v["meta"]["model_b"]
+            cells = [(c["extreme"], v["scales"].index(c["extreme"]))
+                     for c in sign_scales(v["scales"]).values()]
+            small = _smallest(v["scales"])
+            head = (f"steering transfer {a} -> {b} ({r['size']}, seed {r['seed']}, "
+                    f"{v['slopes'][0]['own']['n']} prompts scored, the prompts the vectors "
+                    "were estimated on)")
+            for k, ((la, lb), r2, own, tr, rnd, sl) in enumerate(zip(
+                    v["pairs"], v["r2"], v["own_kl"], v["transferred_kl"], v["random_kl"],
+                    v["slopes"], strict=True)):
+                kl = ", ".join(f"at s={s:+g} {own[i]:.3f} / {tr[i]:.3f} / {rnd[i]:.3f}"
+                               for s, i in cells)
+                cos = [row[k] for row in v["cosine"]]
+                text = (f"{head}: L{la} -> L{lb}, map held-out R² {r2:.2f} (n = "
+                        f"{v['n_test'][k]} held-out samples), cosine of the mapped and {b}'s "
+                        f"own direction {sum(cos) / len(cos):.2f} (mean over "
+                        f"{len(cos)} families). Slopes (nats of log p(answer) per unit s, over "
+                        f"s = {', '.join(f'{s:+g}' for s in sl['fit_scales'])}): own "
+                        f"{_ci(sl['own'])}, transferred {_ci(sl['transferred'])}, random "
+                        f"{sl['random']['mean']:+.3f} (sd {sl['random']['std']:.3f} over "
+                        f"{sl['random']['draws']} draws); transferred − own "
+                        f"{_ci(sl['transferred_minus_own'])}; own − random "
+                        f"{_ci(sl['own_over_random'])}. KL own / transferred / random {kl} "
+                        f"nats. The transferred direction raises {b}'s answer more than a "
+                        f"norm-matched random direction: transferred − random = "
+                        f"{_ci(sl['transferred_over_random'])}.")
+                out.append(judged(text, _interval(sl["transferred_over_random"]),
+                                  size=r["size"], sources=paths, origin="g1-steering-transfer",
+                                  model=f"{a} -> {b}",
+                                  value=f"L{la}->L{lb}: transferred − random "
+                                        f"{sl['transferred_over_random']['estimate']:+.3g} "
+                                        "nats/unit s"))
+                out += _saturation(f"steering transfer {a} -> {b} ({r['size']}, seed "
+                                   f"{r['seed']}), on {b}", lb, [rnd[i] for i in small],
+                                   min(abs(v["scales"][i]) for i in small), paths)
     return out
 
 

@@ -102,6 +102,10 @@ def test_steering_quant_and_two_model_blocks_on_tiny_models(tiny_dirs, tmp_path,
     assert grid[q["scales"].index(0)] is None  # s = 0: both KLs are 0
     assert all(c["n"] == q["n_examples"] and c["ci"][0] <= c["ci"][1] for c in grid if c)
     assert q["drift"]["nf4-fp32"]["kl"]["estimate"] > q["drift"]["bf16"]["kl"]["estimate"] >= 0
+    transfer = read_record(root, ResultKey(block="steer-transfer", model=f"{a}+{b}", seed=42,
+                                           size="smoke"))["value"]["directions"]
+    assert [(d["meta"]["model_a"], d["meta"]["model_b"]) for d in transfer] == [(a, b), (b, a)]
+    assert all(sl["transferred_over_random"]["n"] > 0 for d in transfer for sl in d["slopes"])
     pair = read_record(root, ResultKey(block="hub-compare", model=f"{a}+{b}", seed=42,
                                        size="smoke"))
     assert set(pair["value"]["hubs"]) == {a, b} and len(pair["fingerprints"]) == 2

@@ -344,6 +344,13 @@ def test_transfer_to_itself_recovers_r2_one_and_one_model_at_a_time(tiny_dirs, s
     assert result.positions == "all" and m.n_test > 0 and m.r2 > 0.999
     assert torch.allclose(result.cosine, torch.ones_like(result.cosine), atol=1e-3)
     assert torch.allclose(result.transferred.kl(), result.own.kl(), rtol=1e-2, atol=1e-4)
+    (sl,) = result.summary()["slopes"]  # the same direction: the same slopes, paired
+    assert sl["layer"] == 1 and sl["linear"] is False  # a grid of +-2 only
+    assert sl["transferred"]["estimate"] == pytest.approx(sl["own"]["estimate"], abs=1e-3)
+    diff = sl["transferred_minus_own"]
+    assert abs(diff["estimate"]) < 1e-3 and diff["ci"][1] - diff["ci"][0] < 1e-2
+    assert sl["transferred_over_random"]["n"] == sl["own"]["n"] == len(suite)
+    assert sl["random"]["draws"] == 2
     assert (tmp_path / "a.acts.safetensors").exists()
     path = save_transfer(result, tmp_path / "t")
     assert path.exists() and steering_paths(tmp_path / "t.own")[0].exists()

@@ -362,3 +362,45 @@ __all__ = ["SLOPE_FIT", "fit_scales", "example_slopes", "family_weights", "examp
            "draw_replicates", "weighted_mean_interval", "control_difference", "SlopeStats",
            "ControlSlopes", "LayerSteerability", "layer_steerability", "most_steerable",
            "Amplification", "amplification_intervals", "Drift", "drift_stats"]
+
+
+def transfer_slopes(own: SteeringResult, transferred: SteeringResult, *,
+                    replicates: int = DEFAULT_REPLICATES, seed: int = 0,
+                    confidence: float = CONFIDENCE) -> list[dict]:
+    """Per steered layer of a transfer (:mod:`tlatlas.steering.transfer`): the slopes of
+    B's own vector, of A's transferred vector and of B's random control (``own``'s draws),
+    on the same examples of the reference row, and the paired differences transferred −
+    random, own − random and transferred − own (family-weighted means; intervals resample
+    examples within families and draws). JSON-able, one dict per layer."""
+    ids = own.example_values("id")
+    if not torch.equal(ids, transferred.example_values("id")) or own.layers != transferred.layers:
+        raise InvalidInputError("the own and transferred sweeps must score the same examples "
+                                "at the same layers")
+    strata = own.example_values("family")
+    mask, linear = fit_scales(own.scales, _linear_max(own))
+    scales = torch.tensor(own.scales)
+    s_own = example_slopes(own.example_values("dlogp")[own.row(None)], scales, mask)  # [l e]
+    s_tr = example_slopes(transferred.example_values("dlogp")[transferred.row(None)], scales,
+                          mask)
+    rnd = own.example_values("random.dlogp")[own.row(None)]  # [l s draw e]
+    s_rnd = example_slopes(rnd.transpose(1, 2), scales, mask) if rnd.shape[2] else None
+    kw = {"replicates": replicates, "seed": seed, "confidence": confidence}
+    w0 = family_weights(strata)
+    out = []
+    for li, layer in enumerate(own.layers):
+        row = {"layer": layer, "fit_scales": [s for s, m in zip(own.scales, mask.tolist(),
+                                                                strict=True) if m],
+               "linear": linear,
+               "own": weighted_mean_interval(s_own[li], strata, **kw).to_dict(),
+               "transferred": weighted_mean_interval(s_tr[li], strata, **kw).to_dict(),
+               "transferred_minus_own": control_difference(s_tr[li], s_own[li][None], strata,
+                                                           **kw).to_dict()}
+        if s_rnd is not None:
+            c = _control(s_rnd[li], w0)
+            row |= {"random": {"mean": c.mean, "std": c.std, "draws": c.draws},
+                    "transferred_over_random": control_difference(s_tr[li], s_rnd[li], strata,
+                                                                  **kw).to_dict(),
+                    "own_over_random": control_difference(s_own[li], s_rnd[li], strata,
+                                                          **kw).to_dict()}
+        out.append(row)
+    return out

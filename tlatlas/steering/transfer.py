@@ -35,6 +35,7 @@ from tlatlas.steering.result import (
     load_steering,
     save_steering,
 )
+from tlatlas.steering.steerability import transfer_slopes
 from tlatlas.steering.sweep import steering_sweep
 from tlatlas.steering.vectors import (
     SteeringVectors,
@@ -223,7 +224,8 @@ class TransferResult:
                 "families": list(self.own.families), "scales": list(self.own.scales),
                 "cosine": self.cosine.tolist(), "own_kl": own.tolist(),
                 "transferred_kl": tr.tolist(), "random_kl": rnd[0].tolist(),
-                "random_kl_std": rnd_std[0].tolist(), "meta": self.meta}
+                "random_kl_std": rnd_std[0].tolist(),
+                "slopes": transfer_slopes(self.own, self.transferred), "meta": self.meta}
 
 
 Loader = Callable[[object], LoadedModel]
