@@ -11,7 +11,9 @@ statements per claim and model into one table. A model's verdict on a claim:
   comparisons) give *inconclusive* and say how they split;
 - smoke-size statements are never evidence;
 - a claim no model here can test says *not testable here* and why; a claim whose block has
-  not run says so.
+  not run says so;
+- a verdict counts the threats (``threats.md``) that cite the same result files, so a reader
+  knows when to read them before trusting it.
 
 Written by ``python -m experiments.claims`` beside claims.md (see there for where).
 """
@@ -146,6 +148,7 @@ def check_origins(statements: Iterable[Statement]) -> None:
 def render_findings(statements: list[Statement], command: str) -> str:
     """The findings table (markdown) from every statement of ``experiments.claims``."""
     check_origins(statements)
+    threats = [s for s in statements if s.kind == "threat"]
     by: dict[str, dict[str, list[Statement]]] = defaultdict(lambda: defaultdict(list))
     for s in statements:
         if s.origin and s.kind in ("claim", "gem"):
@@ -174,6 +177,11 @@ def render_findings(statements: list[Statement], command: str) -> str:
             verdict = combined_verdict(relative_verdict(s) for s in items)
             if c.untestable:
                 verdict = f"not testable here: {c.untestable} (measured: {verdict})"
+            sources = {p for s in items for p in s.sources}
+            n_threats = sum(1 for t in threats if sources & set(t.sources))
+            if n_threats:
+                verdict += (f"; {n_threats} threat{'s' if n_threats > 1 else ''} in threats.md "
+                            f"{'cite' if n_threats > 1 else 'cites'} these files")
             files = "<br>".join(dict.fromkeys(f"`{p}`" for s in items for p in s.sources))
             lines.append(f"| {c.claim if i == 0 else '〃'} | {model} | {measured} | {verdict} "
                          f"| {files} |")

@@ -32,7 +32,9 @@ def test_every_origin_claim_has_one_row_with_its_verdict():
              claim("mean-useless", "supported", agrees=False, model="gemma3-270m"),
              claim("nl-hub", "inconclusive", model="smollm2-135m",
                    src="results/smollm2-135m/nl-hub/small-seed137.json", value="L0 vs L0"),
-             Statement(kind="threat", text="x", sources=("results/b.json",), origin="nl-hub")]
+             Statement(kind="threat", text="x", sources=("results/b.json",), origin="nl-hub"),
+             Statement(kind="threat", text="y", sources=("results/smollm2-135m/nl-hub/"
+                                                          "small-seed137.json",))]
     text = render_findings(found, "python -m experiments.claims")
     table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     # untouched claims: one row each; mean-useless: one row per model
@@ -46,6 +48,9 @@ def test_every_origin_claim_has_one_row_with_its_verdict():
     assert "not run yet (module-sweep)" in o_proj
     assert "`results/a.json`" in text
     assert "seed 137: L0 vs L0 (n = 12" in text  # the seed from a one-record statement's file
+    nl = next(line for line in table if "natural-language prompts" in line)
+    assert "inconclusive; 1 threat in threats.md cites these files" in nl
+    assert sum("threat" in line for line in table) == 1  # only the row whose file it cites
     assert "python -m experiments.claims" in text
 
 
