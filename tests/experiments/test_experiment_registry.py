@@ -62,7 +62,7 @@ def test_registry_and_claims_clis_take_root_from_any_directory(tmp_path):
     assert claims.returncode == 0, claims.stderr
     assert sorted(p.name for p in root.iterdir()) == [
         "claims.md", "findings.md", "gems.md", "registry.jsonl", "registry.jsonl.lock",
-        "threats.md"]
+        "studies-results.md", "threats.md"]
     assert f"python -m experiments.claims --root {root}" in (root / "claims.md").read_text()
     assert files_under(elsewhere) == []
 
