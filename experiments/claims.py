@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind, path in paths.items():
         text = path.read_text()
         if kind == "studies":
-            print(f"wrote {path} ({text.count(chr(10) + '### ')} tables)")
+            tables = text.count("\n### ")
+            print(f"wrote {path} ({tables} tables)")
             continue
         n = text.count("\n| ") - 2 if kind == "findings" else text.count("\n- ")
         print(f"wrote {path} ({n} {'rows' if kind == 'findings' else 'statements'})")

@@ -39,13 +39,14 @@ DEFAULT_SEEDS = {"smoke": (42,), "small": (42, 137, 256), "full": (42, 137, 256)
 """Seeds per size when ``--seeds`` is not given and the block names none (:func:`block_seeds`)."""
 
 
-def block_seeds(block: Block, size: str) -> tuple[int, ...]:
-    """The suite seeds ``block`` runs on at ``size`` when ``--seeds`` is not given: its
-    parameters' ``suite_seeds`` (a block whose n comes from within one run, e.g. training
+def block_seeds(block: Block, size: str, seeds: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The suite seeds ``block`` runs on at ``size``: ``seeds`` (``--seeds``) when given, else
+    its parameters' ``suite_seeds`` (a block whose n comes from within one run, e.g. training
     seeds x held-out prompts, may name one), else :data:`DEFAULT_SEEDS`; a block that is not
     ``seeded`` runs on the first."""
-    seeds = tuple(int(s) for s in block.params[size].get("suite_seeds") or DEFAULT_SEEDS[size])
-    return seeds if block.seeded else seeds[:1]
+    chosen = tuple(int(s) for s in seeds or block.params[size].get("suite_seeds")
+                   or DEFAULT_SEEDS[size])
+    return chosen if block.seeded else chosen[:1]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,8 +83,7 @@ def plan(blocks: Sequence[Block], models: Sequence[str], seeds: Sequence[int] | 
         version = code_version(block.run.__module__)
         groups = [tuple(models)] if block.models == 2 else [(m,) for m in models]
         for group in groups:
-            chosen = block_seeds(block, size) if seeds is None else tuple(seeds)
-            for seed in (chosen if block.seeded else chosen[:1]):
+            for seed in block_seeds(block, size, seeds):
                 key = ResultKey(block=block.id, model="+".join(group[: block.models]),
                                 seed=seed, size=size)
                 if len(group) < block.models:
