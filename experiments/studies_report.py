@@ -183,9 +183,10 @@ def render_studies(results: dict[str, list[dict]], command: str) -> str:
         for (model, size), recs in sorted(groups.items()):
             for r in sorted(recs, key=lambda r: r["seed"]):
                 smoke = " — **smoke: not evidence**" if size == "smoke" else ""
+                chooser = _chooser(r["value"])
                 lines += [f"### {model}, `{size}`, seed {r['seed']}{smoke}", "",
                           f"Result: `{r['path']}`; wall time {r.get('wall_s', 0):.0f} s.",
-                          *([_chooser(r["value"])] if _chooser(r["value"]) else []), "",
+                          *([chooser] if chooser else []), "",
                           *RENDER[block](r["value"]), ""]
         lines.pop()
     return "\n".join(lines) + "\n"
