@@ -12,6 +12,10 @@ statements per claim and model into one table. A model's verdict on a claim:
 - smoke-size statements are never evidence;
 - a claim no model here can test says *not testable here* and why; a claim whose block has
   not run says so;
+- a claim that states its own effect size (``claimed``, e.g. NF4's 476×) is contradicted
+  by a statement whose interval lies wholly below that size, even when the statement's own
+  question (is there *any* effect?) is inconclusive: an amplification of 1.01 [0.99, 1.03]
+  does not show whether NF4 amplifies at all, but it does show that it does not amplify 476×;
 - a verdict counts the threats (``threats.md``) that cite the same result files, so a reader
   knows when to read them before trusting it.
 
@@ -41,6 +45,11 @@ class OriginClaim:
     """Why no model on these machines can test it (the row's verdict then), or None."""
     see_also: str | None = None
     """Where a measurement outside the orchestrator bears on it (a doc), or None."""
+    claimed: float | None = None
+    """The effect size the claim states, on the scale of its statements' ``ci`` (for a
+    ratio judged as ``ratio - 1``: the claimed ratio minus 1), or None."""
+    claimed_text: str = ""
+    """That size as the origin report wrote it (``476×``), for the verdict."""
 
 
 QWEN = "these machines hold SmolLM2-135M and Gemma-3-270M only (no Qwen weights)"
@@ -77,7 +86,7 @@ ORIGIN_CLAIMS: tuple[OriginClaim, ...] = (
     OriginClaim("o-proj", "o_proj is the most efficient module (loss 0.33 at 344K params vs "
                 "MLP 0.45 at 1.1M)", ("module-sweep",)),
     OriginClaim("nf4-amplifies", "NF4 amplifies steering 476× (KL 10.0 vs bf16 0.021 at "
-                "s = −4)", ("steer-quant",),
+                "s = −4)", ("steer-quant",), claimed=475.0, claimed_text="476×",
                 see_also="docs/steering.md (a `tlatlas steer` run on SmolLM2, fp32 vs NF4)"),
     OriginClaim("nf4-vs-int8-speed", "Use NF4, not int8: int8 is 52% slower, NF4 only 9%",
                 ("quant-speed",)),
@@ -97,9 +106,20 @@ BY_ID = {c.id: c for c in ORIGIN_CLAIMS}
 
 
 def relative_verdict(s: Statement) -> str:
-    """``s``'s verdict on its origin claim (flipped when ``s`` asserts the opposite)."""
+    """``s``'s verdict on its origin claim (flipped when ``s`` asserts the opposite; a
+    statement whose interval lies wholly below the size the claim states contradicts it)."""
+    if _below_claimed(s):
+        return "contradicted"
     v = s.verdict or "inconclusive"
     return v if s.agrees else FLIP.get(v, v)
+
+
+def _below_claimed(s: Statement) -> bool:
+    """Whether ``s`` (evidence, not smoke) measures its claim's effect wholly below the size
+    the claim states."""
+    claimed = BY_ID[s.origin].claimed if s.origin in BY_ID else None
+    return (claimed is not None and s.agrees and s.ci is not None and s.ci[1] < claimed
+            and s.verdict != "smoke: not evidence")
 
 
 def combined_verdict(verdicts: Iterable[str]) -> str:
@@ -175,6 +195,8 @@ def render_findings(statements: list[Statement], command: str) -> str:
             items = sorted(items, key=lambda s: int(_seed_of(s) or -1))
             measured = "<br>".join(_cell(s) for s in items)
             verdict = combined_verdict(relative_verdict(s) for s in items)
+            if any(_below_claimed(s) for s in items):
+                verdict += f" (the claimed {c.claimed_text} lies above every interval)"
             if c.untestable:
                 verdict = f"not testable here: {c.untestable} (measured: {verdict})"
             sources = {p for s in items for p in s.sources}

@@ -57,3 +57,24 @@ def test_every_origin_claim_has_one_row_with_its_verdict():
 def test_an_unknown_origin_is_refused():
     with pytest.raises(ValueError, match="unknown origin claims"):
         render_findings([claim("no-such-claim", "supported")], "cmd")
+
+
+def test_an_interval_below_the_claimed_size_contradicts_the_claim():
+    # NF4 "amplifies 476x": a ratio - 1 of 0.01 [-0.01, 0.03] is inconclusive about any
+    # amplification, and contradicts 476x
+    small = Statement(kind="claim", text="t", sources=("results/q.json",), n=48,
+                      ci=(-0.01, 0.03), verdict="inconclusive", origin="nf4-amplifies",
+                      model="m", value="ratio - 1 = 0.01")
+    assert relative_verdict(small) == "contradicted"
+    row = next(line for line in render_findings([small], "cmd").splitlines()
+               if "NF4 amplifies" in line)
+    assert "contradicted (the claimed 476× lies above every interval)" in row
+    # an interval that reaches the claimed size keeps the statement's own verdict
+    huge = Statement(kind="claim", text="t", sources=("results/q.json",), n=48,
+                     ci=(300.0, 600.0), verdict="supported", origin="nf4-amplifies")
+    assert relative_verdict(huge) == "supported"
+    # smoke never counts, and claims without a stated size are untouched
+    smoke = Statement(kind="claim", text="t", sources=("results/q.json",), n=2,
+                      ci=(-0.01, 0.03), verdict="smoke: not evidence", origin="nf4-amplifies")
+    assert relative_verdict(smoke) == "smoke: not evidence"
+    assert relative_verdict(claim("nl-hub", "inconclusive")) == "inconclusive"
