@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.blocks import Block
+from experiments.calibration import model_params
 from experiments.context import BlockContext, suite_hash
 from experiments.records import (
     Provenance,
@@ -76,7 +77,8 @@ def _weights_sha(name: str) -> str:
 def plan(blocks: Sequence[Block], models: Sequence[str], seeds: Sequence[int] | None, size: str,
          root: Path, *, force: bool = False) -> list[Task]:
     """Every task, and whether it would run, reuse a cached result, or be skipped.
-    ``seeds`` None: each block's own (:func:`block_seeds`)."""
+    ``seeds`` None: each block's own (:func:`block_seeds`). A task's parameters are its
+    block's at ``size`` with what its model changes (:func:`experiments.calibration.model_params`)."""
     tasks: list[Task] = []
     shas = {m: _weights_sha(m) for m in models}
     for block in blocks:
@@ -91,7 +93,7 @@ def plan(blocks: Sequence[Block], models: Sequence[str], seeds: Sequence[int] | 
                                       action="skip", reason="needs two models: --models A B"))
                     continue
                 group = group[: block.models]
-                params = dict(block.params[size])
+                params = {**block.params[size], **model_params(block, group, size)}
                 prov = Provenance(weights_sha256=tuple(shas[m] for m in group),
                                   suite_hash=suite_hash(params, seed), code_version=version,
                                   params=params)
