@@ -28,9 +28,11 @@ def model_params(block: Block, models: Sequence[str], size: str) -> dict:
     grid of a single-model steering block, times the model's :data:`STEERING_SCALE`."""
     from tlatlas.steering.config import REGIME_SCALES
 
-    params = block.params[size]
-    factor = STEERING_SCALE.get(models[0], 1.0) if len(models) == 1 else 1.0
-    if factor == 1.0 or "steering" not in block.tags or block.models != 1:
+    if "steering" not in block.tags or block.models != 1:
         return {}
+    factor = STEERING_SCALE.get(models[0], 1.0)
+    if factor == 1.0:
+        return {}
+    params = block.params[size]
     grid = params.get("scales") or REGIME_SCALES[params.get("regime", "linear")]
     return {"scales": [round(float(s) * factor, 12) for s in grid], "scale_factor": factor}
