@@ -50,13 +50,23 @@ def oracle_floor(layer_sum: torch.Tensor, count: torch.Tensor, layers: list[int]
     block_order = block * n_l + torch.sort(kl[block], descending=True, stable=True).indices
     got, rounds = settle([(order.tolist(), top_k, 0), (block_order.tolist(), 1, 0)],
                          lambda ids: kl.flatten()[ids], patience)
-    depth = [n_layers - layers[e % n_l] for e in got]
-    exact_rows = n_layers + n_c * sum(n_layers - layer for layer in layers)
-    verify_rows = 3 * n_layers + rounds * n_layers + sum(depth)
+    rows = layer_rows([e % n_l for e in got], rounds, layers, n_layers, n_c)
     return {"entries": len(got), "of": n_c * n_l, "rounds": rounds,
-            "layers": len({e % n_l for e in got}),
-            "layer_rows": verify_rows, "exact_layer_rows": exact_rows,
-            "ceiling": exact_rows / verify_rows}
+            "layers": len({e % n_l for e in got}), "layer_rows": rows["layer_rows"],
+            "exact_layer_rows": rows["exact_layer_rows"], "ceiling": rows["speedup"]}
+
+
+def layer_rows(verified: list[int], rounds: int, layers: list[int], n_layers: int,
+               n_components: int, estimate_rows: float | None = None) -> dict:
+    """The cost model: layer-rows per example of a verify run that verified entries at the
+    layer indices ``verified`` (one per entry) in ``rounds`` rounds after an estimate
+    costing ``estimate_rows`` (default ``3 n``: a forward and a backward), of the exact
+    map, and their ratio (``speedup``)."""
+    exact_rows = n_layers + n_components * sum(n_layers - layer for layer in layers)
+    est = 3 * n_layers if estimate_rows is None else estimate_rows
+    verify_rows = est + rounds * n_layers + sum(n_layers - layers[i] for i in verified)
+    return {"layer_rows": verify_rows, "exact_layer_rows": exact_rows,
+            "speedup": exact_rows / verify_rows}
 
 
 def ceiling_interval(example_layer: torch.Tensor, family: torch.Tensor, n_families: int,
