@@ -46,7 +46,7 @@ import torch
 
 from tlatlas.atlas.config import COMPONENTS
 from tlatlas.atlas.store import load_atlas
-from tlatlas.atlas.verify import family_average, settle
+from tlatlas.atlas.verify import family_average, settle, top_k_settled
 from tlatlas.metrics import METRICS
 from tlatlas.stats import DEFAULT_REPLICATES, percentile_interval, stratified_indices
 
@@ -87,10 +87,8 @@ def settle_bound(rankings: list[Ranking], exact: Callable[[list[int]], torch.Ten
 def _bounded(verified: list[int], rest: list[int], k: int, got: dict[int, float],
              score: torch.Tensor, patience: int | None) -> bool:
     values = torch.tensor([got[e] for e in verified], dtype=torch.float64)
-    if patience is not None and len(verified) >= k + patience:
-        top = torch.sort(values, descending=True, stable=True).indices[:k]
-        if bool((top < len(verified) - patience).all()):
-            return True
+    if patience is not None and top_k_settled(values, k, patience):
+        return True
     est = score[verified].double()
     ratio = float((values / est.clamp_min(1e-12)).max())
     kth = float(torch.sort(values, descending=True).values[k - 1])
