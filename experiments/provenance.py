@@ -7,7 +7,12 @@ honest and lets unrelated work land. The closure is static: every ``import`` and
 ``from ... import`` anywhere in a module (function-level imports included: the library
 imports heavy parts lazily), followed transitively through ``tlatlas``, ``bridges`` and
 ``experiments``, with each module's parent packages and what *they* import at module
-level (importing a module runs its packages' ``__init__``, not their functions).
+level (importing a module runs its packages' ``__init__``, not their functions). Imports
+under ``if TYPE_CHECKING:`` never run and are not followed. A module imported by a *name
+in a string* is not followed either: the one place the library does so is
+:mod:`tlatlas.atlas.methods` (the estimating atlas methods), which records what it loads,
+and the runner fails a block that loaded a module outside its closure
+(:func:`outside_closure`).
 """
 
 import ast
@@ -49,7 +54,7 @@ def direct_imports(name: str, top_level: bool = False) -> frozenset[str]:
     is_package = path.name == "__init__.py"
     out: set[str] = set()
     tree = ast.parse(path.read_text(), filename=str(path))
-    nodes = _module_level(tree.body) if top_level else ast.walk(tree)
+    nodes = _module_level(tree.body) if top_level else _walk(tree)
     for node in nodes:
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
@@ -64,10 +69,33 @@ def direct_imports(name: str, top_level: bool = False) -> frozenset[str]:
     return frozenset(m for m in out if module_file(m) is not None)
 
 
+def _type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): a block that never runs."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or
+            (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _walk(node: ast.AST):
+    """Every node, as :func:`ast.walk`, except the bodies of ``if TYPE_CHECKING:``."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if _type_checking(child):
+            for inner in child.orelse:
+                yield from _walk(inner)
+        else:
+            yield from _walk(child)
+
+
 def _module_level(body: list[ast.stmt]):
     """Statements that run at import: the body, into if/try blocks, not into defs."""
     for node in body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if _type_checking(node):
+            yield from _module_level(node.orelse)
             continue
         yield node
         for field in ("body", "orelse", "finalbody", "handlers"):
@@ -102,3 +130,10 @@ def source_hash(names: tuple[str, ...]) -> str:
         digest.update(rel.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def outside_closure(names: tuple[str, ...], modules: frozenset[str]) -> tuple[str, ...]:
+    """Those of ``modules`` (loaded at run time) whose source is not in the closure of
+    ``names``: code a result depended on that its code version does not hash."""
+    files = set(closure(names))
+    return tuple(sorted(m for m in modules if module_file(m) not in files))

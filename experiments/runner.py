@@ -24,7 +24,9 @@ from pathlib import Path
 from experiments.blocks import Block
 from experiments.calibration import model_params
 from experiments.context import BlockContext, suite_hash
+from experiments.provenance import outside_closure
 from experiments.records import (
+    CONTEXT_MODULES,
     Provenance,
     ResultKey,
     code_version,
@@ -35,6 +37,7 @@ from experiments.records import (
     write_record,
 )
 from experiments.registry import append_line
+from tlatlas.atlas.methods import take_loaded
 
 DEFAULT_SEEDS = {"smoke": (42,), "small": (42, 137, 256), "full": (42, 137, 256)}
 """Seeds per size when ``--seeds`` is not given and the block names none (:func:`block_seeds`)."""
@@ -118,9 +121,16 @@ def run_task(task: Task, root: Path, command: str,
                        params=dict(task.prov.params), root=root,
                        code_version=task.prov.code_version, say=say)
     started = time.time()
+    take_loaded()  # forget what earlier blocks of this process loaded
     try:
         value, status, error = task.block.run(ctx), "ok", None
         value = {**value, "artifacts": list(ctx.artifacts)}
+        outside = outside_closure((task.block.run.__module__, *CONTEXT_MODULES),
+                                  take_loaded())
+        if outside:
+            raise RuntimeError(
+                f"{task.block.id} ran {', '.join(outside)}, outside the import closure its "
+                f"code version hashes: import it in {task.block.run.__module__}")
     except Exception:  # a failing block is recorded; the others go on
         value, status, error = None, "failed", traceback.format_exc()
     fingerprints = [ctx.fingerprints[m] for m in task.models if m in ctx.fingerprints] or None

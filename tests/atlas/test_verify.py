@@ -10,6 +10,7 @@ from tlatlas.atlas.engine import clean_batches
 from tlatlas.atlas.entries import layer_entry_effects, position_cell_effects
 from tlatlas.atlas.estimators import Estimator, estimate_hooks
 from tlatlas.atlas.hubs import hub_evidence, hub_summary, verified_layer_mask, verified_layers
+from tlatlas.atlas.methods import take_loaded
 from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
 from tlatlas.atlas.store import load_atlas, merge_atlases, save_atlas
 from tlatlas.atlas.sums import VERIFY_KEYS
@@ -211,7 +212,12 @@ def test_build_atlas_verify_and_merge(tiny_models):
     model = tiny_models["qwen2"]
     config = AtlasConfig(batch_size=2)
     spec = SuiteSpec(per_family=4, families=("ioi", "sequence"))
+    take_loaded()
+    build_atlas(model, spec, config, method="exact")
+    assert take_loaded() == frozenset()  # the exact path loads no estimate
     whole = build_atlas(model, spec, config, method="verify", top_k=2)
+    # what the experiment runner checks against a block's hashed closure
+    assert take_loaded() == {"tlatlas.atlas.verify", "tlatlas.atlas.verify_spec"}
     assert whole.meta.method == "verify" and whole.meta.estimate["top_k"] == 2
     assert whole.meta.estimate["estimator"]["method"] == "bound"
     shards = [build_atlas(model, replace(spec, shard=(i, 2)), config, method="verify", top_k=2)

@@ -3,7 +3,7 @@
 import pytest
 
 from experiments.closure import block_files, blocks_hashing, main
-from experiments.provenance import closure
+from experiments.provenance import closure, direct_imports, outside_closure
 from experiments.records import CONTEXT_MODULES
 
 
@@ -32,3 +32,23 @@ def test_cli_names_blocks_and_rejects_a_missing_file(capsys):
         main(["tlatlas/no_such_module.py"])
     with pytest.raises(SystemExit, match="unknown block"):
         main(["--block", "no-such-block"])
+
+
+def test_estimators_and_verification_are_outside_every_blocks_closure():
+    # no block builds an estimated atlas, so editing them recomputes nothing ...
+    for f in ("tlatlas/atlas/verify.py", "tlatlas/atlas/verify_spec.py",
+              "tlatlas/atlas/estimators.py", "tlatlas/atlas/estimate_spec.py",
+              "tlatlas/atlas/attribution.py"):
+        assert blocks_hashing(f) == (), f
+    # ... while the exact path and the lazy loader are in every atlas block's
+    for f in ("tlatlas/atlas/sweep.py", "tlatlas/atlas/methods.py"):
+        assert {"hub-replication", "ablation-kinds"} <= set(blocks_hashing(f)), f
+
+
+def test_type_checking_imports_are_not_followed_and_lazy_loads_are_caught():
+    imports = direct_imports("tlatlas.atlas.pipeline")
+    assert "tlatlas.atlas.methods" in imports
+    assert "tlatlas.atlas.estimate_spec" not in imports  # only under `if TYPE_CHECKING:`
+    names = ("experiments.blocks.atlas_blocks", *CONTEXT_MODULES)
+    assert outside_closure(names, frozenset({"tlatlas.atlas.verify", "tlatlas.atlas.sweep"})) \
+        == ("tlatlas.atlas.verify",)

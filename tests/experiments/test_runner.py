@@ -100,6 +100,21 @@ def test_failing_block_is_recorded_and_the_rest_complete(tiny_dirs, tmp_path, ma
     assert "cached" in capsys.readouterr().err
 
 
+def test_a_block_that_loads_code_outside_its_hashed_closure_fails(tiny_dirs, tmp_path, marks):
+    # build_atlas imports the estimating methods by name (tlatlas.atlas.methods), which the
+    # static closure does not follow; a block that runs one without importing it must not
+    # record a result its code version does not cover
+    root = tmp_path / "exp"
+    model = str(tiny_dirs["llama"])
+    assert cli.main(["--model", model, "--blocks", "t-lazy-verify,t-fast-a",
+                     "--root", str(root)]) == 1
+    r = read_record(root, ResultKey(block="t-lazy-verify", model=model, seed=42, size="smoke"))
+    assert r["status"] == "failed" and r["value"] is None
+    assert "tlatlas.atlas.verify" in r["error"] and "outside the import closure" in r["error"]
+    ok = read_record(root, ResultKey(block="t-fast-a", model=model, seed=42, size="smoke"))
+    assert ok["status"] == "ok"  # what the failed block loaded is not blamed on the next
+
+
 def test_sigkill_mid_block_then_rerun_finishes_without_duplicates(tiny_dirs, tmp_path, marks):
     root, model = tmp_path / "exp", str(tiny_dirs["llama"])
     blocks = "t-fast-a,t-slow,t-fast-c"

@@ -51,6 +51,15 @@ def _die_once(ctx):
     return {"survived": True, "pid": os.getpid()}
 
 
+def _lazy_verify(ctx):
+    """Load the verification by name, as ``build_atlas(method="verify")`` does, from a
+    module whose import closure does not hold it."""
+    from tlatlas.atlas.methods import sums_function
+
+    _mark(f"t-lazy-verify {ctx.seed}")
+    return {"loaded": sums_function("verify").__module__}
+
+
 def _summarize(results):
     return [Statement(kind="claim", sources=(r["path"],), n=1, verdict="smoke: not evidence",
                       text=f"t-fast-a doubled seed {r['seed']} to {r['value']['double_seed']}.")
@@ -59,7 +68,7 @@ def _summarize(results):
 
 for _id, _prio, _run in (("t-fast-a", 1001, _fast("t-fast-a")), ("t-slow", 1002, _slow),
                          ("t-fail", 1003, _fail), ("t-fast-c", 1004, _fast("t-fast-c")),
-                         ("t-die-once", 1005, _die_once)):
+                         ("t-die-once", 1005, _die_once), ("t-lazy-verify", 1006, _lazy_verify)):
     register_block(Block(id=_id, priority=_prio, question=f"test block {_id}", params=PARAMS,
                          cost=COST, run=_run, tags=("test",),
                          summarize=_summarize if _id == "t-fast-a" else None))

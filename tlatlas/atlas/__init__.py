@@ -10,6 +10,11 @@
 - :mod:`~tlatlas.atlas.estimators`: integrated gradients along the ablation path, the
   first-order bound, GradDrop;
 - :mod:`~tlatlas.atlas.verify`: estimate, then verify the top of every ranking exactly;
+- :mod:`~tlatlas.atlas.estimate_spec`, :mod:`~tlatlas.atlas.verify_spec`: what an estimate
+  and a verify run are (configs), apart from their computation;
+  :mod:`~tlatlas.atlas.methods`: the estimating methods, imported by name when a build
+  uses them (so an experiment block's code version, which hashes its imports, does not
+  cover them: the exact atlas is not recomputed when an estimator changes);
 - :mod:`~tlatlas.atlas.posmap`: per-prompt position maps;
 - :mod:`~tlatlas.atlas.hubs`: the hub and its stability;
 - :mod:`~tlatlas.atlas.store`: atlas files; :mod:`~tlatlas.atlas.pipeline`: suite to file;

@@ -71,8 +71,6 @@ example's activation, use the exact atlas). Numbers measured with each estimator
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -80,71 +78,18 @@ from torch import Tensor
 
 from tlatlas.atlas.ablation import ablation_mask, position_mask
 from tlatlas.atlas.config import COMPONENT_HOOKS, COMPONENTS, POS_COMPONENTS
+from tlatlas.atlas.estimate_spec import ESTIMATOR_METHODS as ESTIMATOR_METHODS
+from tlatlas.atlas.estimate_spec import FIRST_ORDER as FIRST_ORDER
+from tlatlas.atlas.estimate_spec import MAGNITUDE_METHODS as MAGNITUDE_METHODS
+from tlatlas.atlas.estimate_spec import Estimator as Estimator
+from tlatlas.atlas.estimate_spec import EstimatorMethod as EstimatorMethod
 from tlatlas.atlas.sweep import AblationBatch
 from tlatlas.errors import InvalidInputError
 from tlatlas.hooks import hook_name, hooks_attached
 from tlatlas.metrics import METRICS
 from tlatlas.models.forward import decoder, layers_from, unembed
 
-EstimatorMethod = Literal["ig", "ig_joint", "graddrop", "bound"]
-ESTIMATOR_METHODS: tuple[EstimatorMethod, ...] = ("ig", "ig_joint", "graddrop", "bound")
-MAGNITUDE_METHODS = ("graddrop", "bound")
-"""Estimators whose ``dlogp`` slot holds a magnitude (no sign), not a signed estimate."""
 _WRITES = ("hook_attn_out", "hook_mlp_out")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Estimator:
-    """Which estimate of the atlas, and with how many points on the path."""
-
-    method: EstimatorMethod = "ig_joint"
-    """``ig`` (each node's own path), ``ig_joint`` (one shared path), ``graddrop`` or
-    ``bound`` (see the module docstring)."""
-    steps: int = 1
-    """Points on the path (midpoint rule); 1 is the first-order estimate (alpha = 0)."""
-    max_rows: int = 64
-    """Rows per forward+backward (points and nodes are stacked along the batch axis)."""
-
-    def __post_init__(self) -> None:
-        if self.method not in ESTIMATOR_METHODS:
-            raise InvalidInputError(f"unknown estimator {self.method!r}; choose one of "
-                                    f"{', '.join(ESTIMATOR_METHODS)}")
-        if self.steps < 1:
-            raise InvalidInputError(f"steps must be >= 1, got {self.steps}")
-        if self.method in MAGNITUDE_METHODS and self.steps != 1:
-            raise InvalidInputError(f"{self.method} is a first-order score: steps must be 1")
-        if self.max_rows < 1:
-            raise InvalidInputError("max_rows must be >= 1")
-
-    @property
-    def alphas(self) -> tuple[float, ...]:
-        """Where on the path ``a + alpha (r - a)`` the gradient is taken."""
-        if self.steps == 1:
-            return (0.0,)
-        return tuple((i + 0.5) / self.steps for i in range(self.steps))
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """The metrics it estimates; the other slots of its maps are NaN."""
-        return ("dlogp",) if self.steps == 1 else ("kl", "dlogp")
-
-    @property
-    def name(self) -> str:
-        """``first_order``, ``graddrop``, ``bound``, ``ig`` or ``ig_joint``."""
-        if self.method in MAGNITUDE_METHODS:
-            return self.method
-        return "first_order" if self.steps == 1 else self.method
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "steps": self.steps, "name": self.name}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Estimator":
-        return cls(method=d["method"], steps=int(d["steps"]))
-
-
-FIRST_ORDER = Estimator(method="ig_joint", steps=1)
-"""The first-order estimate (attribution patching)."""
 
 
 # --------------------------------------------------------------------------- pieces

@@ -45,7 +45,7 @@ def exactness(atlas, component: str = "block") -> dict:
 
 def _estimated_values(estimator: dict | None) -> str:
     """What an estimated entry holds, for an estimator's record (method, steps, name)."""
-    from tlatlas.atlas.estimators import MAGNITUDE_METHODS
+    from tlatlas.atlas.estimate_spec import MAGNITUDE_METHODS
 
     if not estimator:
         return "the estimate"

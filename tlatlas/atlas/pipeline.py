@@ -3,8 +3,8 @@
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from tlatlas.atlas.attribution import attribution_sums
 from tlatlas.atlas.config import COMPONENTS, AtlasConfig, atlas_hook_names
 from tlatlas.atlas.distributed import (
     DistContext,
@@ -14,13 +14,15 @@ from tlatlas.atlas.distributed import (
     fault_hook,
     max_over_ranks,
 )
-from tlatlas.atlas.estimators import FIRST_ORDER, Estimator
+from tlatlas.atlas.methods import ESTIMATING, estimate_settings, sums_function
 from tlatlas.atlas.store import Atlas, AtlasMeta
 from tlatlas.atlas.sweep import compute_atlas_sums, reference_stats
-from tlatlas.atlas.verify import DEFAULT_ESTIMATOR, VerifyConfig, verify_sums
 from tlatlas.errors import InvalidInputError
 from tlatlas.models import LoadedModel, check_layers, dtype_label
 from tlatlas.tasks import build_suite
+
+if TYPE_CHECKING:  # annotations only: estimates are imported when used (tlatlas.atlas.methods)
+    from tlatlas.atlas.estimate_spec import Estimator
 
 REFERENCE_SEED_OFFSET = 1_000_003
 """Mean ablation's reference set is the same suite kind drawn with seed + this offset."""
@@ -57,7 +59,7 @@ def build_atlas(
     command: str = "",
     on_batch: Callable[[int], None] | None = None,
     dist: DistContext | None = None,
-    estimator: Estimator | None = None,
+    estimator: "Estimator | None" = None,
     steps: int | None = None,
     top_k: int = 5,
     patience: int | None = None,
@@ -86,7 +88,12 @@ def build_atlas(
     method = method or config.method
     if method not in METHODS:
         raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    est, verify = _estimate_settings(method, estimator, steps, top_k, patience)
+    if method in ESTIMATING:
+        est, verify = estimate_settings(method, estimator, steps, top_k, patience)
+    elif estimator is not None or steps is not None:
+        raise InvalidInputError(f"estimator and steps apply to attribution and verify, not {method}")
+    else:
+        est, verify = None, None
     if method in ("attribution", "verify") and config.components != COMPONENTS:
         raise InvalidInputError(f"--method {method} estimates every component; "
                                 "AtlasConfig.components applies to exact and naive atlases")
@@ -118,16 +125,16 @@ def build_atlas(
     on_batch = _chain(on_batch, fault_hook(dist))
     with collective_step(dist, "atlas sweep"):
         if method == "attribution":
-            sums = attribution_sums(model, list(scored), ablation=config.ablation, means=means,
-                                    batch_size=config.batch_size, positions=config.positions,
-                                    layers=layers, families=suite.families,
-                                    positions_ablated=config.positions_ablated,
-                                    on_batch=on_batch, estimator=est)
+            sums = sums_function("attribution")(
+                model, list(scored), ablation=config.ablation, means=means,
+                batch_size=config.batch_size, positions=config.positions, layers=layers,
+                families=suite.families, positions_ablated=config.positions_ablated,
+                on_batch=on_batch, estimator=est)
             record = {"estimator": est.to_dict()}
         elif method == "verify":
-            sums, record = verify_sums(model, list(scored), replace(config, layers=layers),
-                                       verify, families=suite.families, means=means,
-                                       on_batch=on_batch)
+            sums, record = sums_function("verify")(
+                model, list(scored), replace(config, layers=layers), verify,
+                families=suite.families, means=means, on_batch=on_batch)
         else:
             sums = compute_atlas_sums(model, list(scored), replace(config, method=method),
                                       families=suite.families, means=means, on_batch=on_batch)
@@ -153,22 +160,6 @@ def build_atlas(
 
 METHODS = ("exact", "naive", "attribution", "verify")
 """What :func:`build_atlas` accepts as ``method``."""
-
-
-def _estimate_settings(method: str, estimator: Estimator | None, steps: int | None,
-                       top_k: int, patience: int | None
-                       ) -> tuple[Estimator | None, VerifyConfig | None]:
-    if method == "attribution":
-        est = estimator or (FIRST_ORDER if steps in (None, 1) else
-                            Estimator(method="ig_joint", steps=steps))
-        return (est if steps is None else replace(est, steps=steps)), None
-    if method == "verify":
-        est = estimator or DEFAULT_ESTIMATOR
-        est = est if steps is None else replace(est, steps=steps)
-        return est, VerifyConfig(top_k=top_k, patience=patience, estimator=est)
-    if estimator is not None or steps is not None:
-        raise InvalidInputError(f"estimator and steps apply to attribution and verify, not {method}")
-    return None, None
 
 
 def _chain(*callbacks: Callable[[int], None] | None) -> Callable[[int], None] | None:

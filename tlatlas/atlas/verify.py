@@ -50,8 +50,7 @@ example's cells of that role that are exact. Hub detection uses verified layers 
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -61,76 +60,20 @@ from tlatlas.atlas.attribution import check_attribution_kind
 from tlatlas.atlas.config import COMPONENTS, AtlasConfig
 from tlatlas.atlas.engine import clean_batches
 from tlatlas.atlas.entries import layer_entry_effects, position_cell_effects
-from tlatlas.atlas.estimators import Estimator, estimate_effects, estimate_hooks
+from tlatlas.atlas.estimators import estimate_effects, estimate_hooks
 from tlatlas.atlas.sums import AtlasSums, accumulate
 from tlatlas.atlas.sweep import AblationBatch, ablation_batch, correct_examples
+from tlatlas.atlas.verify_spec import DEFAULT_ESTIMATOR as DEFAULT_ESTIMATOR
+from tlatlas.atlas.verify_spec import STOPPING_RULE as STOPPING_RULE
+from tlatlas.atlas.verify_spec import LayerRanking as LayerRanking
+from tlatlas.atlas.verify_spec import VerifyConfig
 from tlatlas.errors import InvalidInputError
 from tlatlas.hooks import hook_name
 from tlatlas.metrics import METRICS
 from tlatlas.models import LoadedModel, check_layers
 from tlatlas.tasks import Example
 
-DEFAULT_ESTIMATOR = Estimator(method="bound")
-"""The estimate verify ranks by (chosen by measurement, docs/estimate-verify.md)."""
-STOPPING_RULE = ("verify in estimate order (top_k + patience first, then patience at a time); "
-                 "stop when none of the last `patience` verified entries is in the exact "
-                 "top_k of all verified entries (ties to the earlier), or all are verified")
 _WRITES = ("hook_attn_out", "hook_mlp_out")
-LayerRanking = Literal["pooled", "per_component"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class VerifyConfig:
-    """How ``method="verify"`` ranks and when it stops."""
-
-    top_k: int = 5
-    """Entries of each ranking whose exact values must be settled."""
-    patience: int | None = None
-    """Verified entries in a row that must fail to enter the top ``top_k`` (default
-    ``2 * top_k``)."""
-    rank_metric: str = "kl"
-    """Metric the entries are ranked by; without its estimate, ``|dlogp|`` ranks."""
-    estimator: Estimator = field(default_factory=lambda: DEFAULT_ESTIMATOR)
-    """The estimate that orders the verification."""
-    layer_ranking: LayerRanking = "pooled"
-    """``pooled``: one ranking of every (component, layer) entry, plus the ``block``
-    ranking's top 1 (the hub); ``per_component``: the top ``top_k`` of each component."""
-    scored_first: bool = True
-    """Position map: verify every layer's cell at the scored position up front (a
-    one-token suffix each: together about ``1 / width**2`` of the exact map), then the
-    rest in estimate order. The scored position's cells are where the largest effects
-    are, and the ones an estimate orders worst among themselves (measured)."""
-    chunk: int = 4
-    """Position map: cells whose positions fall in one chunk ``[a, a + chunk)`` share a
-    forward from ``a`` (with the clean keys/values of earlier positions)."""
-    max_rows: int = 64
-    """Rows per verification forward of the position map."""
-
-    def __post_init__(self) -> None:
-        if self.layer_ranking not in ("pooled", "per_component"):
-            raise InvalidInputError(f"layer_ranking must be pooled or per_component, not "
-                                    f"{self.layer_ranking!r}")
-        if self.top_k < 1:
-            raise InvalidInputError(f"top_k must be >= 1, got {self.top_k}")
-        if self.patience is not None and self.patience < 1:
-            raise InvalidInputError(f"patience must be >= 1, got {self.patience}")
-        if self.rank_metric not in ("kl", "dlogp"):
-            raise InvalidInputError(f"rank_metric must be kl or dlogp, not {self.rank_metric!r}")
-        if self.estimator.method == "ig" and self.estimator.steps > 1:
-            raise InvalidInputError("verify needs an estimate cheaper than the exact map: "
-                                    "use bound, ig_joint, graddrop or first order, not ig")
-        if self.max_rows < 1 or self.chunk < 1:
-            raise InvalidInputError("max_rows and chunk must be >= 1")
-
-    @property
-    def window(self) -> int:
-        """The patience in use."""
-        return 2 * self.top_k if self.patience is None else self.patience
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"top_k": self.top_k, "patience": self.window, "rank_metric": self.rank_metric,
-                "layer_ranking": self.layer_ranking, "scored_first": self.scored_first,
-                "estimator": self.estimator.to_dict(), "rule": STOPPING_RULE}
 
 
 # --------------------------------------------------------------------------- the rule

@@ -148,7 +148,7 @@ def _estimate_args(args: argparse.Namespace) -> dict:
     """``build_atlas``'s keyword arguments from --estimator/--steps/--top-k/--patience,
     checked before anything loads (each option that does not apply is an error)."""
     from tlatlas.atlas.attribution import check_attribution_kind
-    from tlatlas.atlas.estimators import FIRST_ORDER, Estimator
+    from tlatlas.atlas.estimate_spec import FIRST_ORDER, Estimator
     from tlatlas.atlas.verify import DEFAULT_ESTIMATOR, VerifyConfig
     from tlatlas.errors import InvalidInputError
 

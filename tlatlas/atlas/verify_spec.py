@@ -1,0 +1,91 @@
+"""What ``method="verify"`` is asked to do: :class:`VerifyConfig`, the default estimate and
+the stopping rule in words (the rule itself: :mod:`tlatlas.atlas.verify`).
+
+Kept apart from the verification so that code which only *describes* a verify run (the
+pipeline's arguments, an atlas file's metadata) does not import it: an experiment block's
+recorded code version is the hash of what it imports (``experiments/provenance.py``), and
+the exact atlas must not be recomputed when verification changes.
+"""
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from tlatlas.atlas.estimate_spec import FIRST_ORDER, Estimator
+from tlatlas.errors import InvalidInputError
+
+DEFAULT_ESTIMATOR = Estimator(method="bound")
+"""The estimate verify ranks by (chosen by measurement, docs/estimate-verify.md)."""
+STOPPING_RULE = ("verify in estimate order (top_k + patience first, then patience at a time); "
+                 "stop when none of the last `patience` verified entries is in the exact "
+                 "top_k of all verified entries (ties to the earlier), or all are verified")
+LayerRanking = Literal["pooled", "per_component"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyConfig:
+    """How ``method="verify"`` ranks and when it stops."""
+
+    top_k: int = 5
+    """Entries of each ranking whose exact values must be settled."""
+    patience: int | None = None
+    """Verified entries in a row that must fail to enter the top ``top_k`` (default
+    ``2 * top_k``)."""
+    rank_metric: str = "kl"
+    """Metric the entries are ranked by; without its estimate, ``|dlogp|`` ranks."""
+    estimator: Estimator = field(default_factory=lambda: DEFAULT_ESTIMATOR)
+    """The estimate that orders the verification."""
+    layer_ranking: LayerRanking = "pooled"
+    """``pooled``: one ranking of every (component, layer) entry, plus the ``block``
+    ranking's top 1 (the hub); ``per_component``: the top ``top_k`` of each component."""
+    scored_first: bool = True
+    """Position map: verify every layer's cell at the scored position up front (a
+    one-token suffix each: together about ``1 / width**2`` of the exact map), then the
+    rest in estimate order. The scored position's cells are where the largest effects
+    are, and the ones an estimate orders worst among themselves (measured)."""
+    chunk: int = 4
+    """Position map: cells whose positions fall in one chunk ``[a, a + chunk)`` share a
+    forward from ``a`` (with the clean keys/values of earlier positions)."""
+    max_rows: int = 64
+    """Rows per verification forward of the position map."""
+
+    def __post_init__(self) -> None:
+        if self.layer_ranking not in ("pooled", "per_component"):
+            raise InvalidInputError(f"layer_ranking must be pooled or per_component, not "
+                                    f"{self.layer_ranking!r}")
+        if self.top_k < 1:
+            raise InvalidInputError(f"top_k must be >= 1, got {self.top_k}")
+        if self.patience is not None and self.patience < 1:
+            raise InvalidInputError(f"patience must be >= 1, got {self.patience}")
+        if self.rank_metric not in ("kl", "dlogp"):
+            raise InvalidInputError(f"rank_metric must be kl or dlogp, not {self.rank_metric!r}")
+        if self.estimator.method == "ig" and self.estimator.steps > 1:
+            raise InvalidInputError("verify needs an estimate cheaper than the exact map: "
+                                    "use bound, ig_joint, graddrop or first order, not ig")
+        if self.max_rows < 1 or self.chunk < 1:
+            raise InvalidInputError("max_rows and chunk must be >= 1")
+
+    @property
+    def window(self) -> int:
+        """The patience in use."""
+        return 2 * self.top_k if self.patience is None else self.patience
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "patience": self.window, "rank_metric": self.rank_metric,
+                "layer_ranking": self.layer_ranking, "scored_first": self.scored_first,
+                "estimator": self.estimator.to_dict(), "rule": STOPPING_RULE}
+
+
+def estimate_settings(method: str, estimator: Estimator | None, steps: int | None,
+                      top_k: int, patience: int | None
+                      ) -> tuple[Estimator, VerifyConfig | None]:
+    """The estimate of ``method`` (attribution or verify) and, for verify, its config, from
+    :func:`tlatlas.atlas.pipeline.build_atlas`'s arguments."""
+    if method == "attribution":
+        est = estimator or (FIRST_ORDER if steps in (None, 1) else
+                            Estimator(method="ig_joint", steps=steps))
+        return (est if steps is None else replace(est, steps=steps)), None
+    if method == "verify":
+        est = estimator or DEFAULT_ESTIMATOR
+        est = est if steps is None else replace(est, steps=steps)
+        return est, VerifyConfig(top_k=top_k, patience=patience, estimator=est)
+    raise InvalidInputError(f"{method} is not an estimating method (attribution, verify)")
