@@ -220,6 +220,9 @@ def main() -> None:
                         help="name:steps, e.g. ig_joint:4 (ig runs on the layer map only)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--patience", type=int, default=None)
+    parser.add_argument("--screen", type=int, default=None, metavar="J",
+                        help="verify: order the layer map by an exact screen of J examples "
+                             "per family (VerifyConfig.screen; default: the estimate)")
     parser.add_argument("--positions-ablated", choices=["all", "all-but-bos", "bos-only"],
                         default=None, help="layer ablations' position policy "
                         "(default: AtlasConfig's)")
@@ -272,9 +275,9 @@ def bench(model, model_name, ablation, args, log) -> dict:
         means = reference_stats(model, list(ref), [hook_name(layer, h) for layer in
                                                    range(model.n_layers) for h in POS_HOOKS])
     estimators = [(spec, parse_estimator(spec)) for spec in args.estimators]
-    vcfg = VerifyConfig(top_k=args.top_k, patience=args.patience)
+    vcfg = VerifyConfig(top_k=args.top_k, patience=args.patience, screen=args.screen)
     verify_row = results["verify"]
-    verify_row.update(top_k=vcfg.top_k, patience=vcfg.window,
+    verify_row.update(top_k=vcfg.top_k, patience=vcfg.window, screen=vcfg.screen,
                       estimator=vcfg.estimator.to_dict(), layer_ranking=vcfg.layer_ranking)
 
     for name, positions, families in (("layer", False, args.families),

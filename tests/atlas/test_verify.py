@@ -19,8 +19,15 @@ from tlatlas.atlas.sweep import (
     compute_atlas_sums,
     layer_effects,
     position_effects,
+    reference_stats,
 )
-from tlatlas.atlas.verify import VerifyConfig, top_k_settled, verify_sums
+from tlatlas.atlas.verify import (
+    VerifyConfig,
+    family_average,
+    screen_examples,
+    top_k_settled,
+    verify_sums,
+)
 from tlatlas.metrics import METRICS
 from tlatlas.tasks import build_suite
 
@@ -64,9 +71,58 @@ def test_config_validation():
     with pytest.raises(ValueError, match="steps"):
         Estimator(method="graddrop", steps=2)
     assert VerifyConfig(top_k=3).window == 6 and VerifyConfig(top_k=3, patience=1).window == 1
+    with pytest.raises(ValueError, match="screen"):
+        VerifyConfig(screen=0)
+
+
+def test_screen_examples_takes_the_first_of_each_family(examples):
+    picked = screen_examples(examples, ("ioi", "code"), 2)
+    assert [e.family for e in picked].count("ioi") == 2 == [e.family for e in picked].count("code")
+    assert picked == [e for e in examples if e in picked]  # the suite's order
+    firsts = {f: [e for e in examples if e.family == f][:2] for f in ("ioi", "code")}
+    assert all(e in firsts[e.family] for e in picked)
+    assert len(screen_examples(examples, ("ioi", "code"), 99)) == len(examples)
 
 
 # --------------------------------------------------------------------------- exact entries
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_a_whole_screen_orders_as_the_exact_map_and_verifies_its_top_k(tiny_models, examples,
+                                                                       ablation):
+    # screening every example makes the order the exact map's own: the first top_k verified
+    # are the exact top_k, so the rule stops after its first window and returns them
+    model = tiny_models["llama"]
+    config = AtlasConfig(batch_size=4, ablation=ablation)
+    ref = list(build_suite("synthetic", seed=9, per_family=2, families=["ioi", "code"]))
+    means = reference_stats(model, ref, [f"blocks.{layer}.{h}" for layer in
+                                         range(model.n_layers) for h in HOOKS]) \
+        if ablation == "mean" else None
+    exact = compute_atlas_sums(model, examples, config, means=means)
+    cfg = VerifyConfig(top_k=2, patience=1, screen=len(examples))
+    sums, record = verify_sums(model, examples, config, cfg, means=means)
+    assert record["screen"] == len(examples) and record["screened"] == len(examples)
+    assert "screen" in record["seconds"]
+    t, e = sums.tensors, exact.tensors
+    kl = family_average(e["layer.sum"][KL], e["count"])  # [component layer]
+    n_c, n_l = kl.shape
+    block = COMPONENTS.index("block")
+    # the first window of each ranking: top 2 + 1 of the pooled one, top 1 + 1 of block's
+    pooled = set(torch.sort(kl.flatten(), descending=True, stable=True).indices[:3].tolist())
+    blocks = {block * n_l + i for i in
+              torch.sort(kl[block], descending=True, stable=True).indices[:2].tolist()}
+    vmask = (t["layer.verified"] >= t["count"]).all(-1)
+    assert set(torch.nonzero(vmask.flatten()).flatten().tolist()) == pooled | blocks
+    v = vmask[None, :, :, None].expand_as(t["layer.sum"])
+    torch.testing.assert_close(t["layer.sum"][v], e["layer.sum"][v], rtol=1e-4, atol=1e-4)
+    # with a one-example screen the verified entries are still exact
+    sums1, record1 = verify_sums(model, examples, config, VerifyConfig(top_k=2, screen=1),
+                                 means=means)
+    assert record1["screened"] == 2  # one per family
+    t1 = sums1.tensors
+    v1 = (t1["layer.verified"] >= t1["count"])[None].expand_as(t1["layer.sum"])
+    torch.testing.assert_close(t1["layer.sum"][v1], e["layer.sum"][v1], rtol=1e-4, atol=1e-4)
+
 
 
 def test_entry_and_cell_effects_equal_the_exact_path(tiny_models, examples):

@@ -105,7 +105,7 @@ def verify_run(tiny_dirs, tmp_path_factory):
     """`tlatlas atlas --method verify --top-k 2` (and its printed report)."""
     out = tmp_path_factory.mktemp("verify")
     assert main(_atlas(tiny_dirs["llama"], out, "--method", "verify", "--top-k", "2",
-                       "--batch-size", "3")) == 0
+                       "--screen", "1", "--batch-size", "3")) == 0
     return out
 
 
@@ -121,6 +121,7 @@ def test_verify_run_records_what_was_verified(verify_run):
     est = m.estimate
     assert est["top_k"] == 2 and est["patience"] == 4  # patience defaults to 2 * top_k
     assert est["estimator"]["name"] == "bound"
+    assert est["screen"] == 1 and est["screened"] == len(sums.families)  # one per family
     assert sums.has_verified
     exact = sum(int(verified_layer_mask(sums, c).sum()) for c in COMPONENTS)
     assert est["layer_verified"] == exact and est["layer_entries"] == 3 * len(sums.layers)

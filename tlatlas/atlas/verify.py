@@ -50,6 +50,7 @@ example's cells of that role that are exact. Hub detection uses verified layers 
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -62,7 +63,12 @@ from tlatlas.atlas.engine import clean_batches
 from tlatlas.atlas.entries import layer_entry_effects, position_cell_effects
 from tlatlas.atlas.estimators import estimate_effects, estimate_hooks
 from tlatlas.atlas.sums import AtlasSums, accumulate
-from tlatlas.atlas.sweep import AblationBatch, ablation_batch, correct_examples
+from tlatlas.atlas.sweep import (
+    AblationBatch,
+    ablation_batch,
+    compute_atlas_sums,
+    correct_examples,
+)
 from tlatlas.atlas.verify_spec import DEFAULT_ESTIMATOR as DEFAULT_ESTIMATOR
 from tlatlas.atlas.verify_spec import STOPPING_RULE as STOPPING_RULE
 from tlatlas.atlas.verify_spec import LayerRanking as LayerRanking
@@ -191,6 +197,19 @@ def verify_positions(ctx: AblationBatch, layers: Sequence[int],
 
 
 # --------------------------------------------------------------------------- layer map
+
+
+def screen_examples(examples: Sequence[Example], families: Sequence[str], per_family: int
+                    ) -> list[Example]:
+    """The first ``per_family`` examples of each family, in the order given (a stratified
+    sample when the suite is; every example of a family that has fewer)."""
+    taken = dict.fromkeys(families, 0)
+    picked = []
+    for ex in examples:
+        if taken.get(ex.family, per_family) < per_family:
+            taken[ex.family] += 1
+            picked.append(ex)
+    return picked
 
 
 def family_average(sums_: Float[Tensor, "... family"], count: Float[Tensor, " family"]
@@ -333,10 +352,21 @@ def verify_sums(
     t["layer.estimate"][not_est] = float("nan")
     # the layer map: verify in rounds, then put the exact values in place
     t0 = time.perf_counter()
-    score = rank_scores(family_average(t["layer.estimate"], t["count"]), verify.rank_metric)
+    if verify.screen is None:
+        score = rank_scores(family_average(t["layer.estimate"], t["count"]), verify.rank_metric)
+    else:
+        picked = screen_examples(examples, fams, verify.screen)
+        screened = compute_atlas_sums(
+            model, picked, replace(config, layers=layers, positions=False, method="exact",
+                                   correct_only=False), families=fams, means=means).tensors
+        score = rank_scores(family_average(screened["layer.sum"], screened["count"]),
+                            verify.rank_metric)
+        timings["screen"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
     exact, rows, vmask, rounds = verify_layers(model, examples, config, verify, layers, fams,
                                                score, t["count"], means=means)
     timings["verify_layers"] = time.perf_counter() - t0
+    screened_n = {"screened": len(picked)} if verify.screen is not None else {}
     # unverified entries keep the estimate (NaN in metrics it does not give)
     t["layer.sum"] = torch.where(vmask[None, :, :, None], exact, t["layer.sum"])
     t["layer.verified"] = vmask[:, :, None].double() * t["count"][None, None]
@@ -347,7 +377,8 @@ def verify_sums(
             t["example.layer"][:, :, :, j] = torch.where(vmask[None], row,
                                                          t["example.layer"][:, :, :, j])
     record: dict[str, Any] = {**verify.to_dict(), "layer_entries": int(vmask.numel()),
-                              "layer_verified": int(vmask.sum()), "layer_rounds": rounds}
+                              "layer_verified": int(vmask.sum()), "layer_rounds": rounds,
+                              **screened_n}
     if config.positions:
         est_pos, ver_pos = est_pos.finished(), ver_pos.finished()
         for key in ("role", "offset"):

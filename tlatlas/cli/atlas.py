@@ -145,7 +145,7 @@ def _atlas(args: argparse.Namespace, dist) -> int:
 
 
 def _estimate_args(args: argparse.Namespace) -> dict:
-    """``build_atlas``'s keyword arguments from --estimator/--steps/--top-k/--patience,
+    """``build_atlas``'s keyword arguments from --estimator/--steps/--top-k/--patience/--screen,
     checked before anything loads (each option that does not apply is an error)."""
     from tlatlas.atlas.attribution import check_attribution_kind
     from tlatlas.atlas.estimate_spec import FIRST_ORDER, Estimator
@@ -154,9 +154,10 @@ def _estimate_args(args: argparse.Namespace) -> dict:
 
     method = args.method
     given = {o: v for o, v in (("--estimator", args.estimator), ("--steps", args.steps),
-                               ("--top-k", args.top_k), ("--patience", args.patience))
+                               ("--top-k", args.top_k), ("--patience", args.patience),
+                               ("--screen", args.screen))
              if v is not None}
-    verify_only = [o for o in given if o in ("--top-k", "--patience")]
+    verify_only = [o for o in given if o in ("--top-k", "--patience", "--screen")]
     if method != "verify" and verify_only:
         fail(f"{_listed(verify_only)} to --method verify (the entries it computes exactly), "
              f"not {method}")
@@ -193,7 +194,8 @@ def _estimate_args(args: argparse.Namespace) -> dict:
         fail("--estimator ig runs on the layer map only; drop --positions or use ig_joint")
     kwargs: dict = {"estimator": estimator, "steps": None if estimator is not None else steps}
     if method == "verify":
-        chosen = {"top_k": args.top_k or DEFAULT_TOP_K, "patience": args.patience}
+        chosen = {"top_k": args.top_k or DEFAULT_TOP_K, "patience": args.patience,
+                  "screen": args.screen}
         VerifyConfig(**chosen, estimator=estimator or DEFAULT_ESTIMATOR)  # its checks, now
         kwargs.update(chosen)
     return kwargs
@@ -340,6 +342,9 @@ def register(sub) -> None:
     p.add_argument("--patience", type=positive_int, default=None, metavar="M",
                    help="verify: stop a ranking once M verified entries in a row did not "
                         "enter its exact top K (default 2K)")
+    p.add_argument("--screen", type=positive_int, default=None, metavar="J",
+                   help="verify: order the layer map by the exact map on J examples per "
+                        "family instead of the estimate (default: the estimate)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], metavar="SEED",
                    help="suite seeds, one atlas each (default 42)")
     p.add_argument("--layers", type=non_negative_int, nargs="+", default=None, metavar="L",
