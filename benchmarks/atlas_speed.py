@@ -411,7 +411,8 @@ def bench(model, model_name, ablation, args, log) -> dict:
             verify_row["recall_layer"] = recall_layer
             verify_row["speedup_vs_exact_layer"] = v["speedup_vs_exact"]
             verify_row["hub_exact"] = v["hub_exact"]
-        log(f"  verify (top {vcfg.top_k}, patience {vcfg.window}, {vcfg.estimator.name}) "
+        order = vcfg.estimator.name + (f", screen {vcfg.screen}" if vcfg.screen else "")
+        log(f"  verify (top {vcfg.top_k}, patience {vcfg.window}, {order}) "
             f"{t_ver:8.1f} s  speed-up over exact {t_exact / t_ver:5.2f}x  layer recall "
             f"{recall_layer:.2f} ({record['layer_verified']}/{record['layer_entries']} entries"
             f" verified), hub L{hub_ver} {'=' if v['hub_exact'] else '!='} exact L{hub_exact}"
