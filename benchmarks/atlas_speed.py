@@ -223,6 +223,12 @@ def main() -> None:
     parser.add_argument("--screen", type=int, default=None, metavar="J",
                         help="verify: order the layer map by an exact screen of J examples "
                              "per family (VerifyConfig.screen; default: the estimate)")
+    parser.add_argument("--rule", choices=["patience", "bound"], default="patience",
+                        help="verify's stopping rule for the layer map (VerifyConfig.rule)")
+    parser.add_argument("--also-verify", nargs="+", default=[], metavar="RULE:M[@J]",
+                        help="further verify settings timed on the layer map in the same run, "
+                             "e.g. patience:10 bound:5@1 (rule, patience, screen J per "
+                             "family); reported under verify.variants")
     parser.add_argument("--positions-ablated", choices=["all", "all-but-bos", "bos-only"],
                         default=None, help="layer ablations' position policy "
                         "(default: AtlasConfig's)")
@@ -275,10 +281,13 @@ def bench(model, model_name, ablation, args, log) -> dict:
         means = reference_stats(model, list(ref), [hook_name(layer, h) for layer in
                                                    range(model.n_layers) for h in POS_HOOKS])
     estimators = [(spec, parse_estimator(spec)) for spec in args.estimators]
-    vcfg = VerifyConfig(top_k=args.top_k, patience=args.patience, screen=args.screen)
+    vcfg = VerifyConfig(top_k=args.top_k, patience=args.patience, screen=args.screen,
+                        rule=args.rule)
     verify_row = results["verify"]
     verify_row.update(top_k=vcfg.top_k, patience=vcfg.window, screen=vcfg.screen,
-                      estimator=vcfg.estimator.to_dict(), layer_ranking=vcfg.layer_ranking)
+                      rule=vcfg.rule, estimator=vcfg.estimator.to_dict(),
+                      layer_ranking=vcfg.layer_ranking)
+    variants = [(spec, parse_verify(spec, vcfg)) for spec in args.also_verify]
 
     for name, positions, families in (("layer", False, args.families),
                                       ("layer_x_position", True, args.pos_families)):
@@ -380,17 +389,10 @@ def bench(model, model_name, ablation, args, log) -> dict:
         (vsums, record), t_ver, _ = timed(partial(
             verify_sums, model, examples, config, vcfg, families=exact.families, means=means,
             on_positions=keep if positions else None), dev)
-        vt = vsums.tensors
-        vmask = (vt["layer.verified"] >= vt["count"]).all(-1)  # [component layer]
         exact_layer = family_average(exact.tensors["layer.sum"][kl], exact.tensors["count"])
-        ver_layer = family_average(vt["layer.sum"][kl], vt["count"])
-        recall_layer = recall_at_k(exact_layer, ver_layer, vmask, vcfg.top_k)
         hub_exact = hub_summary(exact).hub_layer
-        hub_ver = hub_summary(vsums).hub_layer
-        v = {"seconds": t_ver, "speedup_vs_exact": t_exact / t_ver, "recall_layer": recall_layer,
-             "hub": hub_ver, "hub_exact": hub_ver == hub_exact,
-             "layer_verified": record["layer_verified"], "layer_entries": record["layer_entries"],
-             "layer_rounds": record["layer_rounds"], "stage_seconds": record["seconds"]}
+        v = verify_outcome(vsums, record, t_ver, t_exact, exact_layer, hub_exact, vcfg.top_k)
+        recall_layer, hub_ver = v["recall_layer"], v["hub"]
         if positions:
             recalls = []
             for u in uids:
@@ -412,14 +414,51 @@ def bench(model, model_name, ablation, args, log) -> dict:
             verify_row["speedup_vs_exact_layer"] = v["speedup_vs_exact"]
             verify_row["hub_exact"] = v["hub_exact"]
         order = vcfg.estimator.name + (f", screen {vcfg.screen}" if vcfg.screen else "")
-        log(f"  verify (top {vcfg.top_k}, patience {vcfg.window}, {order}) "
+        log(f"  verify (top {vcfg.top_k}, {vcfg.rule} {vcfg.window}, {order}) "
             f"{t_ver:8.1f} s  speed-up over exact {t_exact / t_ver:5.2f}x  layer recall "
             f"{recall_layer:.2f} ({record['layer_verified']}/{record['layer_entries']} entries"
             f" verified), hub L{hub_ver} {'=' if v['hub_exact'] else '!='} exact L{hub_exact}"
             + (f"; position recall {v['recall_position']:.2f} (min {v['recall_position_min']:.1f}"
                f" over {v['rankings_position']} rankings; {record['cells_verified']}/"
                f"{record['cells']} cells verified)" if positions else ""))
+        if positions:
+            continue
+        for spec, cfg in variants:  # the same layer map under other verify settings
+            (vs, rec), t_v, _ = timed(partial(verify_sums, model, examples, config, cfg,
+                                              families=exact.families, means=means), dev)
+            out = verify_outcome(vs, rec, t_v, t_exact, exact_layer, hub_exact, cfg.top_k)
+            verify_row.setdefault("variants", {})[spec] = {
+                "rule": cfg.rule, "patience": cfg.window, "screen": cfg.screen, **out}
+            log(f"  verify {spec:19} {t_v:8.1f} s  speed-up over exact {t_exact / t_v:5.2f}x"
+                f"  layer recall {out['recall_layer']:.2f} ({rec['layer_verified']}/"
+                f"{rec['layer_entries']} entries verified), hub L{out['hub']} "
+                f"{'=' if out['hub_exact'] else '!='} exact L{hub_exact}")
     return results
+
+
+def parse_verify(spec: str, base):
+    """``RULE:M[@J]`` -> ``base`` with that rule, patience and screen (J per family)."""
+    head, _, screen = spec.partition("@")
+    rule, _, patience = head.partition(":")
+    return replace(base, rule=rule, patience=int(patience) if patience else None,
+                   screen=int(screen) if screen else None)
+
+
+def verify_outcome(vsums, record, seconds, t_exact, exact_layer, hub_exact, top_k) -> dict:
+    """One verify run of the layer map against the exact one: speed-up, recall, hub."""
+    from tlatlas.atlas.hubs import hub_summary
+    from tlatlas.atlas.verify import family_average
+    from tlatlas.metrics import METRICS
+
+    vt = vsums.tensors
+    vmask = (vt["layer.verified"] >= vt["count"]).all(-1)  # [component layer]
+    ver_layer = family_average(vt["layer.sum"][METRICS.index("kl")], vt["count"])
+    hub = hub_summary(vsums).hub_layer
+    return {"seconds": seconds, "speedup_vs_exact": t_exact / seconds,
+            "recall_layer": recall_at_k(exact_layer, ver_layer, vmask, top_k), "hub": hub,
+            "hub_exact": hub == hub_exact, "layer_verified": record["layer_verified"],
+            "layer_entries": record["layer_entries"], "layer_rounds": record["layer_rounds"],
+            "stage_seconds": record["seconds"]}
 
 
 if __name__ == "__main__":

@@ -46,53 +46,18 @@ import torch
 
 from tlatlas.atlas.config import COMPONENTS
 from tlatlas.atlas.store import load_atlas
-from tlatlas.atlas.verify import family_average, settle, top_k_settled
+from tlatlas.atlas.verify import Settled, bound_rule, family_average, patience_rule, settle
 from tlatlas.metrics import METRICS
 from tlatlas.stats import DEFAULT_REPLICATES, percentile_interval, stratified_indices
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from verify_floor import layer_rows  # noqa: E402  (a sibling script, not a package)
 
-Ranking = tuple[list[int], int]  # (entry ids in estimate order, top_k)
 
-
-def settle_bound(rankings: list[Ranking], exact: Callable[[list[int]], torch.Tensor],
-                 score: torch.Tensor, window: int,
-                 patience: int | None = None) -> tuple[dict[int, float], int]:
-    """The ``bound`` rule (``either`` with ``patience``) on several rankings: returns
-    ``(entry -> exact value, rounds)`` like :func:`tlatlas.atlas.verify.settle`."""
-    got: dict[int, float] = {}
-    seen = [0] * len(rankings)
-    upto = [min(k + window, len(order)) for order, k in rankings]
-    done = [not order for order, _ in rankings]
-    rounds = 0
-    while not all(done):
-        new = list(dict.fromkeys(e for i, (order, _) in enumerate(rankings) if not done[i]
-                                 for e in order[seen[i]:upto[i]] if e not in got))
-        if new:
-            got.update(zip(new, exact(new).tolist(), strict=True))
-            rounds += 1
-        for i, (order, k) in enumerate(rankings):
-            if done[i]:
-                continue
-            seen[i] = upto[i]
-            if seen[i] >= len(order) or _bounded(order[:seen[i]], order[seen[i]:], k, got,
-                                                 score, patience):
-                done[i] = True
-            else:
-                upto[i] = min(seen[i] + window, len(order))
-    return got, rounds
-
-
-def _bounded(verified: list[int], rest: list[int], k: int, got: dict[int, float],
-             score: torch.Tensor, patience: int | None) -> bool:
-    values = torch.tensor([got[e] for e in verified], dtype=torch.float64)
-    if patience is not None and top_k_settled(values, k, patience):
-        return True
-    est = score[verified].double()
-    ratio = float((values / est.clamp_min(1e-12)).max())
-    kth = float(torch.sort(values, descending=True).values[k - 1])
-    return ratio * float(score[rest].max()) < kth
+def either_rule(score: torch.Tensor, patience: int) -> Settled:
+    """``either``: verify's bound rule, or its patience rule with ``patience``."""
+    bound, wait = bound_rule(score), patience_rule(patience)
+    return lambda *a: wait(*a) or bound(*a)
 
 
 def replay(kl: torch.Tensor, score: torch.Tensor, layers: list[int], n_layers: int,
@@ -109,12 +74,9 @@ def replay(kl: torch.Tensor, score: torch.Tensor, layers: list[int], n_layers: i
     def exact(ids: list[int]) -> torch.Tensor:
         return flat_kl[ids]
 
-    if rule == "patience":
-        got, rounds = settle([(order, top_k, 0), (block_order, 1, 0)], exact, p)
-    else:
-        got, rounds = settle_bound([(order, top_k), (block_order, 1)], exact,
-                                   flat_s.clamp_min(0), p,
-                                   patience=2 * top_k if rule == "either" else None)
+    stop = {"patience": None, "bound": bound_rule(flat_s),
+            "either": either_rule(flat_s, 2 * top_k)}[rule]
+    got, rounds = settle([(order, top_k, 0), (block_order, 1, 0)], exact, p, stop)
     ids = torch.tensor(sorted(got))
     chosen = ids[torch.sort(flat_kl[ids], descending=True, stable=True).indices[:top_k]]
     truth = torch.sort(flat_kl, descending=True, stable=True).indices[:top_k]

@@ -9,6 +9,7 @@ from tlatlas.atlas.config import COMPONENTS, AtlasConfig
 from tlatlas.atlas.engine import clean_batches
 from tlatlas.atlas.entries import layer_entry_effects, position_cell_effects
 from tlatlas.atlas.estimators import Estimator, estimate_hooks
+from tlatlas.atlas.exactness import exactness
 from tlatlas.atlas.hubs import hub_evidence, hub_summary, verified_layer_mask, verified_layers
 from tlatlas.atlas.methods import take_loaded
 from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
@@ -23,8 +24,10 @@ from tlatlas.atlas.sweep import (
 )
 from tlatlas.atlas.verify import (
     VerifyConfig,
+    bound_rule,
     family_average,
     screen_examples,
+    settle,
     top_k_settled,
     verify_sums,
 )
@@ -63,6 +66,23 @@ def test_top_k_settled(values, k, m, settled):
     assert top_k_settled(torch.tensor(values, dtype=torch.float), k, m) is settled
 
 
+def test_an_understated_top_entry_keeps_the_bound_open():
+    score = torch.tensor([10.0, 5.0, 4.9, 4.8, 1.0])
+    exact = torch.tensor([10.0, 20.0, 1.0, 1.0, 15.0])
+
+    def run(s: torch.Tensor) -> dict[int, float]:
+        order = torch.sort(s, descending=True, stable=True).indices.tolist()
+        got, _ = settle([(order, 2, 0)], lambda ids: exact[ids], 1, bound_rule(s))
+        return got
+
+    # entry 1 is 4x under-stated and in the top 2: 4 x 4.8 (entry 3's estimate) >= 10 (the
+    # 2nd exact value), so entry 3 is verified too; then 4 x 1.0 < 10 and the rule stops,
+    # missing entry 4 (exact 15): an estimated bound, not a guarantee
+    assert sorted(run(score)) == [0, 1, 2, 3]
+    # with an estimate proportional to the exact values the first window settles it
+    assert sorted(run(exact / 2)) == [0, 1, 4]
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="top_k"):
         VerifyConfig(top_k=0)
@@ -73,6 +93,10 @@ def test_config_validation():
     assert VerifyConfig(top_k=3).window == 6 and VerifyConfig(top_k=3, patience=1).window == 1
     with pytest.raises(ValueError, match="screen"):
         VerifyConfig(screen=0)
+    with pytest.raises(TypeError, match="rule"):  # checked against its Literal type
+        VerifyConfig(rule="hope")
+    # the bound rule's rounds default to top_k entries, the patience rule's to 2 top_k
+    assert VerifyConfig(top_k=3, rule="bound").window == 3
 
 
 def test_screen_examples_takes_the_first_of_each_family(examples):
@@ -113,15 +137,28 @@ def test_a_whole_screen_orders_as_the_exact_map_and_verifies_its_top_k(tiny_mode
               torch.sort(kl[block], descending=True, stable=True).indices[:2].tolist()}
     vmask = (t["layer.verified"] >= t["count"]).all(-1)
     assert set(torch.nonzero(vmask.flatten()).flatten().tolist()) == pooled | blocks
-    v = vmask[None, :, :, None].expand_as(t["layer.sum"])
-    torch.testing.assert_close(t["layer.sum"][v], e["layer.sum"][v], rtol=1e-4, atol=1e-4)
-    # with a one-example screen the verified entries are still exact
+    # the screen is the estimate: here every example, so even unverified entries hold the
+    # exact map in every metric (acc_drop included), and no gradient pass was needed
+    assert record["filled_by"] == "screen"
+    torch.testing.assert_close(t["layer.sum"], e["layer.sum"], rtol=1e-4, atol=1e-4)
+    # the bound rule on the exact order stops after the same first window
+    sums_b, record_b = verify_sums(model, examples, config, replace(cfg, rule="bound"),
+                                   means=means)
+    assert record_b["stopping"] == "bound" and record_b["layer_rounds"] == 1
+    assert torch.equal(sums_b.tensors["layer.verified"], t["layer.verified"])
+    # with a one-example screen the verified entries are still exact, and the others hold
+    # their family's exact mean over the screened example
     sums1, record1 = verify_sums(model, examples, config, VerifyConfig(top_k=2, screen=1),
                                  means=means)
     assert record1["screened"] == 2  # one per family
     t1 = sums1.tensors
     v1 = (t1["layer.verified"] >= t1["count"])[None].expand_as(t1["layer.sum"])
     torch.testing.assert_close(t1["layer.sum"][v1], e["layer.sum"][v1], rtol=1e-4, atol=1e-4)
+    s1 = compute_atlas_sums(model, screen_examples(examples, sums1.families, 1), config,
+                            families=sums1.families, means=means).tensors
+    filled = s1["layer.sum"] / s1["count"] * t1["count"]
+    torch.testing.assert_close(t1["layer.sum"][~v1], filled[~v1], rtol=1e-4, atol=1e-4)
+    assert not v1.all()
 
 
 
@@ -227,7 +264,10 @@ def test_verified_entries_are_exact_and_the_rest_are_marked(tiny_models, example
     assert (lt["layer.verified"] < lt["count"]).any()
     assert (lt["role.verified"] < lt["role.count"]).any()
     assert loaded.meta.estimate["layer_verified"] == record["layer_verified"]
-    assert loaded.meta.estimate["rule"].startswith("verify in estimate order")
+    assert loaded.meta.estimate["rule"].startswith("verify in order")
+    # no screen: unverified entries hold the estimator's values, and show says what they are
+    assert loaded.meta.estimate["filled_by"] == "estimator"
+    assert "magnitude" in exactness(loaded)["estimated"]  # bound gives scores, not dlogp
 
 
 def test_hub_uses_verified_layers_only(tiny_models, examples):

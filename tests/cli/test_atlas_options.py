@@ -141,7 +141,8 @@ def test_show_says_which_values_are_exact(verify_run, capsys):
     assert v["entries_verified"] == atlas.meta.estimate["layer_verified"]
     assert v["entries"] == 3 * len(atlas.sums.layers)
     assert v["top_k"] == 2 and v["patience"] == 4 and v["estimator"]["name"] == "bound"
-    assert "magnitude" in v["estimated"]  # bound's values are scores, not dlogp estimates
+    # without positions the one-example screen fills the unverified entries, not bound
+    assert v["filled_by"] == "screen" and v["screen"] == 1 and "screen" in v["estimated"]
     assert v["hub_layers"] == list(verified_layers(atlas.sums)) == v["exact_layers"]["block"]
     # the hub and its evidence come from verified layers only, and the arrays follow them
     assert seed["hub_layer"] in v["hub_layers"]
@@ -153,6 +154,7 @@ def test_show_says_which_values_are_exact(verify_run, capsys):
     out = capsys.readouterr().out
     assert f"values: {v['entries_verified']}/{v['entries']} layer entries exact" in out
     assert "hub over the exact block layers only" in out
+    assert "patience rule, patience 4, ordered by a screen of 1 per family" in out
 
 
 def test_show_of_an_exact_atlas_says_all_exact(tiny_dirs, tmp_path, capsys):

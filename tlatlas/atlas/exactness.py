@@ -25,8 +25,10 @@ def exactness(atlas, component: str = "block") -> dict:
     if m.method != "attribution" and not sums.has_verified:
         return {"exact": "all", "method": m.method}
     estimator = record.get("estimator")
+    estimated = (f"the screen: each family's exact mean over its first {record.get('screen')} "
+                 "examples" if record.get("filled_by") == "screen" else _estimated_values(estimator))
     out = {"exact": "verified" if sums.has_verified else "none", "method": m.method,
-           "estimator": estimator, "estimated": _estimated_values(estimator)}
+           "estimator": estimator, "estimated": estimated}
     if not sums.has_verified:
         return out
     exact = {c: list(verified_layers(sums, c)) for c in COMPONENTS}
@@ -39,7 +41,8 @@ def exactness(atlas, component: str = "block") -> dict:
         out.update(cells=int(pcomp * n_l * t["role.count"].sum()),
                    cells_verified=int(t["role.verified"].sum()))
     out.update({k: record[k] for k in ("top_k", "patience", "rank_metric", "layer_ranking",
-                                       "layer_rounds", "rule") if k in record})
+                                       "layer_rounds", "stopping", "screen", "filled_by", "rule")
+                if k in record})
     return out
 
 
@@ -66,7 +69,10 @@ def exactness_line(e: dict) -> str:
     layers = "; ".join(f"{c} " + (",".join(f"L{x}" for x in v) or "none")
                        for c, v in e["exact_layers"].items())
     text = (f"values: {e['entries_verified']}/{e['entries']} layer entries exact ({layers}; "
-            f"top {e.get('top_k', '?')} settled, patience {e.get('patience', '?')})")
+            f"top {e.get('top_k', '?')} settled, {e.get('stopping', 'patience')} rule, "
+            f"patience {e.get('patience', '?')}"
+            + (f", ordered by a screen of {e['screen']} per family" if e.get("screen") else "")
+            + ")")
     if "cells" in e:
         text += f", position cells {e['cells_verified']}/{e['cells']} exact"
     return (text + f"\n  the rest estimated by {e['estimated']}\n  hub over the exact "

@@ -32,11 +32,12 @@ def sums_function(method: str) -> Callable[..., Any]:
 
 
 def estimate_settings(method: str, estimator: Any, steps: int | None, top_k: int,
-                      patience: int | None, screen: int | None = None) -> tuple[Any, Any]:
+                      patience: int | None, screen: int | None = None,
+                      rule: str = "patience") -> tuple[Any, Any]:
     """:func:`tlatlas.atlas.verify_spec.estimate_settings`, imported now (and recorded)."""
     _loaded.add("tlatlas.atlas.verify_spec")
     return importlib.import_module("tlatlas.atlas.verify_spec").estimate_settings(
-        method, estimator, steps, top_k, patience, screen)
+        method, estimator, steps, top_k, patience, screen, rule)
 
 
 def take_loaded() -> frozenset[str]:

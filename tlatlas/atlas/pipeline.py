@@ -64,13 +64,15 @@ def build_atlas(
     top_k: int = 5,
     patience: int | None = None,
     screen: int | None = None,
+    rule: str = "patience",
 ) -> Atlas:
     """Compute the atlas of ``model`` on the suite ``spec`` describes.
 
     ``method`` overrides ``config.method`` and also accepts ``attribution`` (a gradient
     estimate: :mod:`tlatlas.atlas.attribution`, :mod:`tlatlas.atlas.estimators`) and
     ``verify`` (estimate, then verify the top ``top_k`` entries of every ranking exactly:
-    :mod:`tlatlas.atlas.verify`; ``patience`` and ``screen`` as in its ``VerifyConfig``).
+    :mod:`tlatlas.atlas.verify`; ``patience``, ``screen`` and ``rule`` as in its
+    ``VerifyConfig``).
 
     ``estimator`` picks the estimate of ``attribution`` / ``verify`` (default: first
     order for ``attribution``, :data:`~tlatlas.atlas.verify.DEFAULT_ESTIMATOR` for
@@ -90,7 +92,7 @@ def build_atlas(
     if method not in METHODS:
         raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method in ESTIMATING:
-        est, verify = estimate_settings(method, estimator, steps, top_k, patience, screen)
+        est, verify = estimate_settings(method, estimator, steps, top_k, patience, screen, rule)
     elif estimator is not None or steps is not None:
         raise InvalidInputError(f"estimator and steps apply to attribution and verify, not {method}")
     else:

@@ -34,6 +34,20 @@ top-``top_k`` is assumed not to enter it. How often that fails is measured (reca
 exact top-``top_k`` in ``benchmarks/atlas_speed.py``, ``docs/estimate-verify.md``), never
 assumed.
 
+``rule="bound"`` (layer map only): ``patience`` entries per round, and a ranking is
+settled when the largest ratio *exact / score* among its verified entries, times the
+largest unverified score, is below its ``top_k``-th exact value: nothing unverified enters
+the top unless the order's score under-states it more than it under-stated every entry
+checked (:func:`bound_rule`).
+
+The order of the layer map
+--------------------------
+By the estimate, or with ``screen=J`` by the **exact** map on the first ``J`` examples of
+each family (:func:`screen_examples`): unbiased, at ``J / examples per family`` of the
+exact map's cost. Without a position map the screen is then also the estimate: no
+gradient pass runs, and an unverified entry holds its family's exact mean over the
+screened examples (every metric, ``acc_drop`` included; ``record["filled_by"]``).
+
 What the atlas records
 ----------------------
 ``layer.sum`` / ``example.layer`` hold exact values at verified entries and the estimate
@@ -95,20 +109,54 @@ def top_k_settled(exact: Float[Tensor, " verified"], top_k: int, patience: int) 
     return bool((top < v - patience).all())
 
 
+Settled = Callable[[list[int], list[int], int, dict[int, float]], bool]
+"""A stopping test: ``(verified ids in order, unverified ids in order, top_k, id -> exact
+value) -> settled?``."""
+
+
+def patience_rule(patience: int) -> Settled:
+    """The ``patience`` rule: none of the last ``patience`` verified entries is in the exact
+    top ``k`` (:func:`top_k_settled`)."""
+    def settled(done: list[int], rest: list[int], k: int, got: dict[int, float]) -> bool:
+        return top_k_settled(torch.tensor([got[e] for e in done]), k, patience)
+    return settled
+
+
+def bound_rule(score: Float[Tensor, " entry"]) -> Settled:
+    """The ``bound`` rule over a non-negative ``score`` [entry id] (the order's values):
+    the largest ratio ``exact / score`` among the verified entries, times the largest
+    unverified score, is below the ``k``-th exact value. An estimated bound: nothing
+    unverified enters the top ``k`` unless the score under-states it more than it did every
+    entry checked so far."""
+    score = score.double().nan_to_num(nan=0.0).clamp_min(0.0)
+
+    def settled(done: list[int], rest: list[int], k: int, got: dict[int, float]) -> bool:
+        if len(done) < k:
+            return False
+        values = torch.tensor([got[e] for e in done], dtype=torch.float64).nan_to_num(nan=0.0)
+        ratio = float((values / score[done].clamp_min(1e-12)).max())
+        kth = float(torch.sort(values, descending=True).values[k - 1])
+        return ratio * float(score[rest].max()) < kth
+    return settled
+
+
 def settle(rankings: Sequence[tuple[Sequence[int], int, int]],
-           exact: Callable[[list[int]], Tensor], patience: int) -> tuple[dict[int, float], int]:
+           exact: Callable[[list[int]], Tensor], window: int,
+           settled: Settled | None = None) -> tuple[dict[int, float], int]:
     """Verify entries of several rankings in their order until each is settled.
 
     ``rankings``: ``(entry ids in verification order, top_k, first)``: the first ``first``
-    entries are verified up front whatever the rule says (cheap ones), then the rule
-    applies; rankings may share entries (verified once). ``exact(ids)`` verifies new
-    entries and returns their exact values of the rank metric. Returns ``(entry id ->
-    exact value, rounds)``; a round asks ``exact`` once for the union of every unsettled
-    ranking's next entries.
+    entries are verified up front whatever the rule says (cheap ones), then ``top_k +
+    window``, then ``window`` at a time until ``settled`` (default: :func:`patience_rule`
+    with ``window``) holds or every entry is verified; rankings may share entries
+    (verified once). ``exact(ids)`` verifies new entries and returns their exact values of
+    the rank metric. Returns ``(entry id -> exact value, rounds)``; a round asks ``exact``
+    once for the union of every unsettled ranking's next entries.
     """
+    settled = settled or patience_rule(window)
     got: dict[int, float] = {}
     seen = [0] * len(rankings)
-    upto = [min(first + k + patience, len(order)) for order, k, first in rankings]
+    upto = [min(first + k + window, len(order)) for order, k, first in rankings]
     done = [len(order) == 0 for order, _, _ in rankings]
     rounds = 0
     while not all(done):
@@ -121,11 +169,11 @@ def settle(rankings: Sequence[tuple[Sequence[int], int, int]],
             if done[i]:
                 continue
             seen[i] = upto[i]
-            values = torch.tensor([got[e] for e in order[:seen[i]]])
-            if seen[i] >= len(order) or top_k_settled(values, k, patience):
+            if seen[i] >= len(order) or settled(list(order[:seen[i]]), list(order[seen[i]:]),
+                                                k, got):
                 done[i] = True
             else:
-                upto[i] = min(seen[i] + patience, len(order))
+                upto[i] = min(seen[i] + window, len(order))
     return got, rounds
 
 
@@ -266,7 +314,8 @@ def verify_layers(model: LoadedModel, examples: Sequence[Example], config: Atlas
         verified[sel_c, sel_l] = True
         return family_average(exact[m, sel_c, sel_l], count)
 
-    _, rounds = settle(rankings, run, verify.window)
+    rule = bound_rule(flat.flatten()) if verify.rule == "bound" else None
+    _, rounds = settle(rankings, run, verify.window, rule)
     return exact, rows, verified, rounds
 
 
@@ -318,14 +367,31 @@ def verify_sums(
         if config.positions else None
     ver_pos = AtlasSums.empty(fams, layers, positions=True, max_offset=config.max_offset) \
         if config.positions else None
+    timings = {"estimate": 0.0, "verify_positions": 0.0}
+    screen_mean = None
+    if verify.screen is not None:  # the exact map on a few examples per family
+        t0 = time.perf_counter()
+        picked = screen_examples(examples, fams, verify.screen)
+        screened = compute_atlas_sums(
+            model, picked, replace(config, layers=layers, positions=False, method="exact",
+                                   correct_only=False), families=fams, means=means).tensors
+        screen_mean = screened["layer.sum"] / screened["count"].clamp_min(1)  # [m c l family]
+        timings["screen"] = time.perf_counter() - t0
+    # without a position map the screen is the estimate: no gradient pass, a clean run only
+    by_screen = screen_mean is not None and not config.positions
+    estimated = METRICS if by_screen else est.metrics
     value_hooks, cached = estimate_hooks(layers, config.positions)
     hooks = sorted({h.split(".", 2)[2] for h in value_hooks})
-    timings = {"estimate": 0.0, "verify_positions": 0.0}
     n_cells = n_verified = 0
-    for cb in clean_batches(model, examples, cached, batch_size=config.batch_size):
+    for cb in clean_batches(model, examples, [] if by_screen else cached,
+                            batch_size=config.batch_size):
         t0 = time.perf_counter()
-        ctx = ablation_batch(model, cb, config, means, layers, hooks)
-        layer_e, pos_e = estimate_effects(ctx, layers, est, positions=config.positions)
+        if by_screen:
+            fam = [fams.index(f) for f in cb.batch.families]
+            layer_e, pos_e = screen_mean[..., fam].float(), None
+        else:
+            ctx = ablation_batch(model, cb, config, means, layers, hooks)
+            layer_e, pos_e = estimate_effects(ctx, layers, est, positions=config.positions)
         timings["estimate"] += time.perf_counter() - t0
         uids = tuple(ex.uid for ex in cb.examples)
         if pos_e is not None:
@@ -347,26 +413,22 @@ def verify_sums(
             on_batch(len(cb.batch))
     sums = sums.finished()
     t = sums.tensors
-    not_est = [i for i, metric in enumerate(METRICS) if metric not in est.metrics]
+    not_est = [i for i, metric in enumerate(METRICS) if metric not in estimated]
     t["layer.estimate"] = t["layer.sum"].clone()
     t["layer.estimate"][not_est] = float("nan")
-    # the layer map: verify in rounds, then put the exact values in place
+    # the layer map: verify in rounds (in the screen's order, or the estimate's), then put
+    # the exact values in place
     t0 = time.perf_counter()
-    if verify.screen is None:
+    if screen_mean is None:
         score = rank_scores(family_average(t["layer.estimate"], t["count"]), verify.rank_metric)
     else:
-        picked = screen_examples(examples, fams, verify.screen)
-        screened = compute_atlas_sums(
-            model, picked, replace(config, layers=layers, positions=False, method="exact",
-                                   correct_only=False), families=fams, means=means).tensors
         score = rank_scores(family_average(screened["layer.sum"], screened["count"]),
                             verify.rank_metric)
-        timings["screen"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
     exact, rows, vmask, rounds = verify_layers(model, examples, config, verify, layers, fams,
                                                score, t["count"], means=means)
     timings["verify_layers"] = time.perf_counter() - t0
     screened_n = {"screened": len(picked)} if verify.screen is not None else {}
+    screened_n["filled_by"] = "screen" if by_screen else "estimator"
     # unverified entries keep the estimate (NaN in metrics it does not give)
     t["layer.sum"] = torch.where(vmask[None, :, :, None], exact, t["layer.sum"])
     t["layer.verified"] = vmask[:, :, None].double() * t["count"][None, None]
@@ -401,6 +463,6 @@ def verify_sums(
     return sums, record
 
 
-__all__ = ["DEFAULT_ESTIMATOR", "STOPPING_RULE", "VerifyConfig", "family_average", "rank_scores",
-           "settle", "top_k_settled", "verified_top_k", "verify_layers", "verify_positions",
+__all__ = ["DEFAULT_ESTIMATOR", "STOPPING_RULE", "Settled", "VerifyConfig", "bound_rule",
+           "family_average", "patience_rule", "rank_scores", "settle", "top_k_settled", "verified_top_k", "verify_layers", "verify_positions",
            "verify_sums"]

@@ -15,10 +15,20 @@ from tlatlas.errors import InvalidInputError
 
 DEFAULT_ESTIMATOR = Estimator(method="bound")
 """The estimate verify ranks by (chosen by measurement, docs/estimate-verify.md)."""
-STOPPING_RULE = ("verify in estimate order (top_k + patience first, then patience at a time); "
-                 "stop when none of the last `patience` verified entries is in the exact "
-                 "top_k of all verified entries (ties to the earlier), or all are verified")
+STOPPING_RULES = {
+    "patience": ("verify in order (top_k + patience first, then patience at a time); stop when "
+                 "none of the last `patience` verified entries is in the exact top_k of all "
+                 "verified entries (ties to the earlier), or all are verified"),
+    "bound": ("layer map: verify in order (top_k + patience first, then patience at a time); "
+              "stop when the largest exact/score ratio among verified entries times the "
+              "largest unverified score is below the k-th exact value (an estimated bound), "
+              "or all are verified; position map: the patience rule"),
+}
+"""Each stopping rule in words (the rules: :mod:`tlatlas.atlas.verify`)."""
+STOPPING_RULE = STOPPING_RULES["patience"]
+"""The default rule in words."""
 LayerRanking = Literal["pooled", "per_component"]
+Rule = Literal["patience", "bound"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,8 +38,16 @@ class VerifyConfig:
     top_k: int = 5
     """Entries of each ranking whose exact values must be settled."""
     patience: int | None = None
-    """Verified entries in a row that must fail to enter the top ``top_k`` (default
-    ``2 * top_k``)."""
+    """Entries verified per round after the first ``top_k + patience``; under the
+    ``patience`` rule also the verified entries in a row that must fail to enter the top
+    ``top_k`` (default ``2 * top_k``; under ``bound``, ``top_k``)."""
+    rule: Rule = "patience"
+    """When a layer-map ranking is settled (:data:`STOPPING_RULES`): ``patience`` trusts
+    the order for ``patience`` entries past the last change of the exact top; ``bound``
+    stops when the order's score, scaled by the worst under-statement seen among verified
+    entries, says no unverified entry can enter the top (fewer entries, measured recall
+    below 1 in a few percent of bootstrap replicates: ``docs/estimate-verify.md``). The
+    position map always uses ``patience``."""
     rank_metric: str = "kl"
     """Metric the entries are ranked by; without its estimate, ``|dlogp|`` ranks."""
     estimator: Estimator = field(default_factory=lambda: DEFAULT_ESTIMATOR)
@@ -55,6 +73,9 @@ class VerifyConfig:
     """Rows per verification forward of the position map."""
 
     def __post_init__(self) -> None:
+        if self.rule not in STOPPING_RULES:
+            raise InvalidInputError(f"rule must be one of {', '.join(STOPPING_RULES)}, not "
+                                    f"{self.rule!r}")
         if self.layer_ranking not in ("pooled", "per_component"):
             raise InvalidInputError(f"layer_ranking must be pooled or per_component, not "
                                     f"{self.layer_ranking!r}")
@@ -74,29 +95,33 @@ class VerifyConfig:
 
     @property
     def window(self) -> int:
-        """The patience in use."""
-        return 2 * self.top_k if self.patience is None else self.patience
+        """The patience (entries per round) in use."""
+        if self.patience is not None:
+            return self.patience
+        return 2 * self.top_k if self.rule == "patience" else self.top_k
 
     def to_dict(self) -> dict[str, Any]:
         return {"top_k": self.top_k, "patience": self.window, "rank_metric": self.rank_metric,
                 "layer_ranking": self.layer_ranking, "scored_first": self.scored_first,
                 "screen": self.screen,
-                "estimator": self.estimator.to_dict(), "rule": STOPPING_RULE}
+                "estimator": self.estimator.to_dict(), "stopping": self.rule,
+                "rule": STOPPING_RULES[self.rule]}
 
 
 def estimate_settings(method: str, estimator: Estimator | None, steps: int | None,
-                      top_k: int, patience: int | None, screen: int | None = None
-                      ) -> tuple[Estimator, VerifyConfig | None]:
+                      top_k: int, patience: int | None, screen: int | None = None,
+                      rule: Rule = "patience") -> tuple[Estimator, VerifyConfig | None]:
     """The estimate of ``method`` (attribution or verify) and, for verify, its config, from
     :func:`tlatlas.atlas.pipeline.build_atlas`'s arguments."""
     if method == "attribution":
-        if screen is not None:
-            raise InvalidInputError("screen applies to verify, not attribution")
+        if screen is not None or rule != "patience":
+            raise InvalidInputError("screen and rule apply to verify, not attribution")
         est = estimator or (FIRST_ORDER if steps in (None, 1) else
                             Estimator(method="ig_joint", steps=steps))
         return (est if steps is None else replace(est, steps=steps)), None
     if method == "verify":
         est = estimator or DEFAULT_ESTIMATOR
         est = est if steps is None else replace(est, steps=steps)
-        return est, VerifyConfig(top_k=top_k, patience=patience, estimator=est, screen=screen)
+        return est, VerifyConfig(top_k=top_k, patience=patience, estimator=est, screen=screen,
+                                 rule=rule)
     raise InvalidInputError(f"{method} is not an estimating method (attribution, verify)")

@@ -145,7 +145,8 @@ def _atlas(args: argparse.Namespace, dist) -> int:
 
 
 def _estimate_args(args: argparse.Namespace) -> dict:
-    """``build_atlas``'s keyword arguments from --estimator/--steps/--top-k/--patience/--screen,
+    """``build_atlas``'s keyword arguments from --estimator/--steps/--top-k/--patience/--screen/
+    --rule,
     checked before anything loads (each option that does not apply is an error)."""
     from tlatlas.atlas.attribution import check_attribution_kind
     from tlatlas.atlas.estimate_spec import FIRST_ORDER, Estimator
@@ -155,9 +156,9 @@ def _estimate_args(args: argparse.Namespace) -> dict:
     method = args.method
     given = {o: v for o, v in (("--estimator", args.estimator), ("--steps", args.steps),
                                ("--top-k", args.top_k), ("--patience", args.patience),
-                               ("--screen", args.screen))
+                               ("--screen", args.screen), ("--rule", args.rule))
              if v is not None}
-    verify_only = [o for o in given if o in ("--top-k", "--patience", "--screen")]
+    verify_only = [o for o in given if o in ("--top-k", "--patience", "--screen", "--rule")]
     if method != "verify" and verify_only:
         fail(f"{_listed(verify_only)} to --method verify (the entries it computes exactly), "
              f"not {method}")
@@ -195,7 +196,7 @@ def _estimate_args(args: argparse.Namespace) -> dict:
     kwargs: dict = {"estimator": estimator, "steps": None if estimator is not None else steps}
     if method == "verify":
         chosen = {"top_k": args.top_k or DEFAULT_TOP_K, "patience": args.patience,
-                  "screen": args.screen}
+                  "screen": args.screen, "rule": args.rule or "patience"}
         VerifyConfig(**chosen, estimator=estimator or DEFAULT_ESTIMATOR)  # its checks, now
         kwargs.update(chosen)
     return kwargs
@@ -340,8 +341,14 @@ def register(sub) -> None:
                    help="verify: the entries of each ranking whose exact values must be "
                         f"settled (default {DEFAULT_TOP_K})")
     p.add_argument("--patience", type=positive_int, default=None, metavar="M",
-                   help="verify: stop a ranking once M verified entries in a row did not "
-                        "enter its exact top K (default 2K)")
+                   help="verify: entries verified per round after the first K + M; the "
+                        "patience rule stops a ranking once M verified entries in a row did "
+                        "not enter its exact top K (default 2K; K under --rule bound)")
+    p.add_argument("--rule", choices=("patience", "bound"), default=None,
+                   help="verify: when a layer-map ranking is settled: patience (default) or "
+                        "bound (the order's score, scaled by its worst under-statement so "
+                        "far, says no unverified entry can enter the top K: fewer entries, "
+                        "measured recall below 1 in a few percent of replicates)")
     p.add_argument("--screen", type=positive_int, default=None, metavar="J",
                    help="verify: order the layer map by the exact map on J examples per "
                         "family instead of the estimate (default: the estimate)")
