@@ -222,7 +222,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=None)
     parser.add_argument("--screen", type=int, default=None, metavar="J",
                         help="verify: order the layer map by an exact screen of J examples "
-                             "per family (VerifyConfig.screen; default: the estimate)")
+                             "per family (VerifyConfig.screen; default 1; 0: the estimate)")
     parser.add_argument("--rule", choices=["patience", "bound"], default="patience",
                         help="verify's stopping rule for the layer map (VerifyConfig.rule)")
     parser.add_argument("--also-verify", nargs="+", default=[], metavar="RULE:M[@J]",
@@ -281,8 +281,8 @@ def bench(model, model_name, ablation, args, log) -> dict:
         means = reference_stats(model, list(ref), [hook_name(layer, h) for layer in
                                                    range(model.n_layers) for h in POS_HOOKS])
     estimators = [(spec, parse_estimator(spec)) for spec in args.estimators]
-    vcfg = VerifyConfig(top_k=args.top_k, patience=args.patience, screen=args.screen,
-                        rule=args.rule)
+    vcfg = VerifyConfig(top_k=args.top_k, patience=args.patience, rule=args.rule,
+                        **({} if args.screen is None else {"screen": args.screen}))
     verify_row = results["verify"]
     verify_row.update(top_k=vcfg.top_k, patience=vcfg.window, screen=vcfg.screen,
                       rule=vcfg.rule, estimator=vcfg.estimator.to_dict(),
@@ -437,11 +437,12 @@ def bench(model, model_name, ablation, args, log) -> dict:
 
 
 def parse_verify(spec: str, base):
-    """``RULE:M[@J]`` -> ``base`` with that rule, patience and screen (J per family)."""
+    """``RULE:M[@J]`` -> ``base`` with that rule, patience and screen (J per family; no
+    ``@J``: no screen, the estimate's order)."""
     head, _, screen = spec.partition("@")
     rule, _, patience = head.partition(":")
     return replace(base, rule=rule, patience=int(patience) if patience else None,
-                   screen=int(screen) if screen else None)
+                   screen=int(screen) if screen else 0)
 
 
 def verify_outcome(vsums, record, seconds, t_exact, exact_layer, hub_exact, top_k) -> dict:

@@ -29,6 +29,7 @@ from tlatlas.atlas.verify import (
     screen_examples,
     settle,
     top_k_settled,
+    verify_layers,
     verify_sums,
 )
 from tlatlas.metrics import METRICS
@@ -92,7 +93,7 @@ def test_config_validation():
         Estimator(method="graddrop", steps=2)
     assert VerifyConfig(top_k=3).window == 6 and VerifyConfig(top_k=3, patience=1).window == 1
     with pytest.raises(ValueError, match="screen"):
-        VerifyConfig(screen=0)
+        VerifyConfig(screen=-1)
     with pytest.raises(TypeError, match="rule"):  # checked against its Literal type
         VerifyConfig(rule="hope")
     # the bound rule's rounds default to top_k entries, the patience rule's to 2 top_k
@@ -112,10 +113,8 @@ def test_screen_examples_takes_the_first_of_each_family(examples):
 
 
 @pytest.mark.parametrize("ablation", ["zero", "mean"])
-def test_a_whole_screen_orders_as_the_exact_map_and_verifies_its_top_k(tiny_models, examples,
-                                                                       ablation):
-    # screening every example makes the order the exact map's own: the first top_k verified
-    # are the exact top_k, so the rule stops after its first window and returns them
+def test_the_exact_order_settles_after_its_first_window_and_screens_fill_the_rest(
+        tiny_models, examples, ablation):
     model = tiny_models["llama"]
     config = AtlasConfig(batch_size=4, ablation=ablation)
     ref = list(build_suite("synthetic", seed=9, per_family=2, families=["ioi", "code"]))
@@ -123,34 +122,40 @@ def test_a_whole_screen_orders_as_the_exact_map_and_verifies_its_top_k(tiny_mode
                                          range(model.n_layers) for h in HOOKS]) \
         if ablation == "mean" else None
     exact = compute_atlas_sums(model, examples, config, means=means)
-    cfg = VerifyConfig(top_k=2, patience=1, screen=len(examples))
-    sums, record = verify_sums(model, examples, config, cfg, means=means)
-    assert record["screen"] == len(examples) and record["screened"] == len(examples)
-    assert "screen" in record["seconds"]
-    t, e = sums.tensors, exact.tensors
+    e = exact.tensors
+    fams, layers = exact.families, exact.layers
     kl = family_average(e["layer.sum"][KL], e["count"])  # [component layer]
     n_c, n_l = kl.shape
     block = COMPONENTS.index("block")
-    # the first window of each ranking: top 2 + 1 of the pooled one, top 1 + 1 of block's
+    # ordered by the exact map itself, the first top_k verified are the exact top_k, so both
+    # rules stop after the first window: top 2 + 1 of the pooled ranking, top 1 + 1 of block's
     pooled = set(torch.sort(kl.flatten(), descending=True, stable=True).indices[:3].tolist())
     blocks = {block * n_l + i for i in
               torch.sort(kl[block], descending=True, stable=True).indices[:2].tolist()}
-    vmask = (t["layer.verified"] >= t["count"]).all(-1)
-    assert set(torch.nonzero(vmask.flatten()).flatten().tolist()) == pooled | blocks
-    # the screen is the estimate: here every example, so even unverified entries hold the
-    # exact map in every metric (acc_drop included), and no gradient pass was needed
-    assert record["filled_by"] == "screen"
+    for rule in ("patience", "bound"):
+        cfg = VerifyConfig(top_k=2, patience=1, rule=rule)
+        got, _, vmask, rounds = verify_layers(model, examples, config, cfg, layers, fams, kl,
+                                              e["count"], means=means)
+        assert rounds == 1 and set(torch.nonzero(vmask.flatten()).flatten().tolist()) == \
+            pooled | blocks, rule
+        v = vmask[None, :, :, None].expand_as(got)
+        torch.testing.assert_close(got[v], e["layer.sum"][v], rtol=1e-4, atol=1e-4)
+    # a screen of every example is the exact map: everything exact, nothing left to verify
+    whole = VerifyConfig(top_k=2, patience=1, screen=len(examples))
+    sums, record = verify_sums(model, examples, config, whole, means=means)
+    assert record["screened"] == len(examples) and record["layer_rounds"] == 0
+    assert record["layer_verified"] == record["layer_entries"] and "screen" in record["seconds"]
+    t = sums.tensors
     torch.testing.assert_close(t["layer.sum"], e["layer.sum"], rtol=1e-4, atol=1e-4)
-    # the bound rule on the exact order stops after the same first window
-    sums_b, record_b = verify_sums(model, examples, config, replace(cfg, rule="bound"),
-                                   means=means)
-    assert record_b["stopping"] == "bound" and record_b["layer_rounds"] == 1
-    assert torch.equal(sums_b.tensors["layer.verified"], t["layer.verified"])
-    # with a one-example screen the verified entries are still exact, and the others hold
-    # their family's exact mean over the screened example
-    sums1, record1 = verify_sums(model, examples, config, VerifyConfig(top_k=2, screen=1),
-                                 means=means)
-    assert record1["screened"] == 2  # one per family
+    order = [int(u) for u in e["example.id"]]
+    mine = [order.index(int(u)) for u in t["example.id"]]
+    torch.testing.assert_close(t["example.layer"], e["example.layer"][..., mine], rtol=1e-4,
+                               atol=1e-4)
+    # a one-example screen (the default): the verified entries are exact, and the others hold
+    # their family's exact mean over the screened example in every metric (no gradient pass)
+    sums1, record1 = verify_sums(model, examples, config, VerifyConfig(top_k=2), means=means)
+    assert record1["screen"] == 1 and record1["screened"] == 2  # one per family
+    assert record1["filled_by"] == "screen"
     t1 = sums1.tensors
     v1 = (t1["layer.verified"] >= t1["count"])[None].expand_as(t1["layer.sum"])
     torch.testing.assert_close(t1["layer.sum"][v1], e["layer.sum"][v1], rtol=1e-4, atol=1e-4)
@@ -158,8 +163,7 @@ def test_a_whole_screen_orders_as_the_exact_map_and_verifies_its_top_k(tiny_mode
                             families=sums1.families, means=means).tensors
     filled = s1["layer.sum"] / s1["count"] * t1["count"]
     torch.testing.assert_close(t1["layer.sum"][~v1], filled[~v1], rtol=1e-4, atol=1e-4)
-    assert not v1.all()
-
+    assert not v1.all() and not torch.isnan(t1["layer.sum"]).any()
 
 
 def test_entry_and_cell_effects_equal_the_exact_path(tiny_models, examples):
@@ -222,8 +226,9 @@ def test_verified_entries_are_exact_and_the_rest_are_marked(tiny_models, example
     config = AtlasConfig(positions=True, max_offset=8, batch_size=4, position_chunk=8)
     exact = compute_atlas_sums(model, examples, config)
     kept = {}
-    sums, record = verify_sums(model, examples, config, VerifyConfig(top_k=1, patience=1),
-                               on_positions=lambda uids, v, ver: kept.update(
+    # screen=0: the layer map in the estimate's order (the path without a screen)
+    sums, record = verify_sums(model, examples, config,
+                               VerifyConfig(top_k=1, patience=1, screen=0), on_positions=lambda uids, v, ver: kept.update(
                                    {u: (v[..., i, :], ver[..., i, :]) for i, u in enumerate(uids)}))
     t = sums.tensors
     vmask = t["layer.verified"] >= t["count"]  # [component layer family]
@@ -265,7 +270,7 @@ def test_verified_entries_are_exact_and_the_rest_are_marked(tiny_models, example
     assert (lt["role.verified"] < lt["role.count"]).any()
     assert loaded.meta.estimate["layer_verified"] == record["layer_verified"]
     assert loaded.meta.estimate["rule"].startswith("verify in order")
-    # no screen: unverified entries hold the estimator's values, and show says what they are
+    # unverified entries hold the estimator's values, and show says what they are
     assert loaded.meta.estimate["filled_by"] == "estimator"
     assert "magnitude" in exactness(loaded)["estimated"]  # bound gives scores, not dlogp
 

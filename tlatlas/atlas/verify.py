@@ -42,11 +42,13 @@ checked (:func:`bound_rule`).
 
 The order of the layer map
 --------------------------
-By the estimate, or with ``screen=J`` by the **exact** map on the first ``J`` examples of
-each family (:func:`screen_examples`): unbiased, at ``J / examples per family`` of the
-exact map's cost. Without a position map the screen is then also the estimate: no
-gradient pass runs, and an unverified entry holds its family's exact mean over the
-screened examples (every metric, ``acc_drop`` included; ``record["filled_by"]``).
+With ``screen=J`` (default 1) by the **exact** map on the first ``J`` examples of each
+family (:func:`screen_examples`): unbiased, at ``J / examples per family`` of the exact
+map's cost; with ``screen=0`` by the estimate. Without a position map the screen is then
+also the estimate: no gradient pass runs, and an unverified entry holds its family's
+exact mean over the screened examples (every metric, ``acc_drop`` included;
+``record["filled_by"]``). A screen that takes every example is the exact map itself:
+nothing is left to verify.
 
 What the atlas records
 ----------------------
@@ -369,7 +371,7 @@ def verify_sums(
         if config.positions else None
     timings = {"estimate": 0.0, "verify_positions": 0.0}
     screen_mean = None
-    if verify.screen is not None:  # the exact map on a few examples per family
+    if verify.screen:  # the exact map on a few examples per family
         t0 = time.perf_counter()
         picked = screen_examples(examples, fams, verify.screen)
         screened = compute_atlas_sums(
@@ -424,10 +426,18 @@ def verify_sums(
     else:
         score = rank_scores(family_average(screened["layer.sum"], screened["count"]),
                             verify.rank_metric)
-    exact, rows, vmask, rounds = verify_layers(model, examples, config, verify, layers, fams,
-                                               score, t["count"], means=means)
+    if screen_mean is not None and len(picked) == len(examples):
+        # the screen took every example: it is the exact map, and nothing is left to verify
+        exact = screened["layer.sum"].double()
+        vmask = torch.ones(exact.shape[1:3], dtype=torch.bool)
+        rows = {int(u): screened["example.layer"][..., j]
+                for j, u in enumerate(screened["example.id"].tolist())}
+        rounds = 0
+    else:
+        exact, rows, vmask, rounds = verify_layers(model, examples, config, verify, layers,
+                                                   fams, score, t["count"], means=means)
     timings["verify_layers"] = time.perf_counter() - t0
-    screened_n = {"screened": len(picked)} if verify.screen is not None else {}
+    screened_n = {"screened": len(picked)} if verify.screen else {}
     screened_n["filled_by"] = "screen" if by_screen else "estimator"
     # unverified entries keep the estimate (NaN in metrics it does not give)
     t["layer.sum"] = torch.where(vmask[None, :, :, None], exact, t["layer.sum"])

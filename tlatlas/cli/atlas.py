@@ -349,9 +349,9 @@ def register(sub) -> None:
                         "bound (the order's score, scaled by its worst under-statement so "
                         "far, says no unverified entry can enter the top K: fewer entries, "
                         "measured recall below 1 in a few percent of replicates)")
-    p.add_argument("--screen", type=positive_int, default=None, metavar="J",
-                   help="verify: order the layer map by the exact map on J examples per "
-                        "family instead of the estimate (default: the estimate)")
+    p.add_argument("--screen", type=non_negative_int, default=None, metavar="J",
+                   help="verify: order the layer map by the exact map on the first J examples "
+                        "of each family (default 1; 0: by the estimate)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], metavar="SEED",
                    help="suite seeds, one atlas each (default 42)")
     p.add_argument("--layers", type=non_negative_int, nargs="+", default=None, metavar="L",
