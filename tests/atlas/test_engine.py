@@ -12,6 +12,38 @@ def test_family_batches_keep_families_apart_and_never_leave_one_alone(small_exam
     assert sum(len(b) for b in batches) == len(small_examples) * 3
 
 
+def test_mixed_batches_take_any_family_shortest_first(small_examples):
+    batches = family_batches(small_examples, batch_size=4, mixed=True)
+    assert [len(b) for b in batches] == [4, 2]  # 6 examples of 3 families
+    assert len({e.family for e in batches[0]}) > 1
+    flat = [e for b in batches for e in b]
+    assert sorted(flat, key=small_examples.index) == small_examples
+    assert [len(e.prompt) for e in flat] == sorted(len(e.prompt) for e in small_examples)
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_a_sweep_in_mixed_batches_equals_the_family_batched_one(tiny_models, small_examples,
+                                                                ablation):
+    from tlatlas.atlas.config import AtlasConfig
+    from tlatlas.atlas.sweep import compute_atlas_sums, reference_stats
+    from tlatlas.errors import InvalidInputError
+    from tlatlas.hooks import hook_name
+
+    model = tiny_models["llama"]
+    means = reference_stats(model, small_examples, [
+        hook_name(layer, h) for layer in range(model.n_layers)
+        for h in ("hook_attn_out", "hook_mlp_out")]) if ablation == "mean" else None
+    config = AtlasConfig(ablation=ablation, batch_size=4)
+    fams = ("ioi", "factual", "code")
+    apart = compute_atlas_sums(model, small_examples, config, families=fams, means=means)
+    mixed = compute_atlas_sums(model, small_examples, config, families=fams, means=means,
+                               mixed=True)
+    for key in ("layer.sum", "count", "clean.correct", "clean.logp"):
+        torch.testing.assert_close(mixed.tensors[key], apart.tensors[key], rtol=1e-4, atol=1e-4)
+    with pytest.raises(InvalidInputError, match="mixed"):
+        compute_atlas_sums(model, small_examples, AtlasConfig(ablation="resample"), mixed=True)
+
+
 def test_clean_batches_cover_every_example_once_and_match_the_bridge(tiny_models, small_examples):
     from tlatlas.atlas.engine import clean_batches
 

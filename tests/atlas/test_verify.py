@@ -7,7 +7,7 @@ import torch
 
 from tlatlas.atlas.config import COMPONENTS, AtlasConfig
 from tlatlas.atlas.engine import clean_batches
-from tlatlas.atlas.entries import layer_entry_effects, position_cell_effects
+from tlatlas.atlas.entries import entry_forwards, layer_entry_effects, position_cell_effects
 from tlatlas.atlas.estimators import Estimator, estimate_hooks
 from tlatlas.atlas.exactness import exactness
 from tlatlas.atlas.hubs import hub_evidence, hub_summary, verified_layer_mask, verified_layers
@@ -166,6 +166,17 @@ def test_the_exact_order_settles_after_its_first_window_and_screens_fill_the_res
     assert not v1.all() and not torch.isnan(t1["layer.sum"]).any()
 
 
+@pytest.mark.parametrize(("layers", "rows", "n_layers", "max_rows", "waste", "groups"), [
+    ([0, 0, 0], 4, 30, 64, 0.25, [[0, 1, 2]]),             # one layer: one forward
+    ([0, 0, 0], 4, 30, 8, 0.25, [[0, 1], [2]]),             # ... up to max_rows
+    ([5, 0, 2, 20], 4, 30, 64, 0.25, [[1, 2, 0], [3]]),     # L5 runs 5 clean of 25: ok
+    ([0, 9], 4, 30, 64, 0.25, [[0], [1]]),                  # L9: 9 clean > 0.25 x 21
+    ([2, 1, 0], 4, 3, 64, 0.25, [[2], [1], [0]]),           # a short model: own forwards
+])
+def test_entry_forwards(layers, rows, n_layers, max_rows, waste, groups):
+    assert entry_forwards(layers, rows, n_layers, max_rows=max_rows, waste=waste) == groups
+
+
 def test_entry_and_cell_effects_equal_the_exact_path(tiny_models, examples):
     model = tiny_models["llama"]
     ctx, layers = _ctx(model, examples)
@@ -174,6 +185,11 @@ def test_entry_and_cell_effects_equal_the_exact_path(tiny_models, examples):
     got = layer_entry_effects(ctx, entries)
     for j, (c, layer) in enumerate(entries):
         torch.testing.assert_close(got[:, j], full[:, c, layer], rtol=1e-4, atol=1e-4)
+    # entries of several layers in one forward from the lowest (rows of later layers run the
+    # clean model up to their own layer), or in forwards of a few rows each: the same values
+    for kw in ({"waste": 10.0, "max_rows": 1000}, {"waste": 10.0, "max_rows": 1}):
+        torch.testing.assert_close(layer_entry_effects(ctx, entries, **kw), got, rtol=1e-4,
+                                   atol=1e-4)
     pos = position_effects(ctx, layers, "exact", chunk=4)  # [metric pcomp layer batch pos]
     gen = torch.Generator().manual_seed(0)
     b = len(ctx.batch)

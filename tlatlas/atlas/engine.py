@@ -44,10 +44,22 @@ def by_family(examples: Sequence[Example]) -> dict[str, list[Example]]:
     return groups
 
 
-def family_batches(examples: Sequence[Example], batch_size: int) -> list[list[Example]]:
-    """Batches of one family each, in suite order; a lone leftover joins the previous batch."""
+def batch_groups(examples: Sequence[Example], mixed: bool = False) -> dict[str, list[Example]]:
+    """What batches are cut from: :func:`by_family`, or with ``mixed`` one group of every
+    example, shortest prompt first (for passes that need no donor of the same family and
+    would otherwise run batches of one or two examples, such as a screen of one example
+    per family)."""
+    if not mixed:
+        return by_family(examples)
+    return {"mixed": sorted(examples, key=lambda ex: len(ex.prompt))}
+
+
+def family_batches(examples: Sequence[Example], batch_size: int, *, mixed: bool = False
+                   ) -> list[list[Example]]:
+    """Batches of one family each (with ``mixed``: of any families, :func:`batch_groups`),
+    in suite order; a lone leftover joins the previous batch."""
     batches: list[list[Example]] = []
-    for exs in by_family(examples).values():
+    for exs in batch_groups(examples, mixed).values():
         chunks = [exs[i:i + batch_size] for i in range(0, len(exs), batch_size)]
         if len(chunks) > 1 and len(chunks[-1]) == 1:
             chunks[-2].extend(chunks.pop())
@@ -63,7 +75,7 @@ def _take(rest: list[Example], size: int) -> int:
 def run_family_batches(examples: Sequence[Example], batch_sizes: Mapping[str, int] | int,
                        step: Callable[[tuple[Example, ...], int], None], *,
                        device: torch.device | str, min_batch: int = 2,
-                       what: str = "sweep") -> int:
+                       what: str = "sweep", mixed: bool = False) -> int:
     """Call ``step(batch_examples, batch_index)`` on the family batches of ``examples``
     (the batches :func:`family_batches` makes, with a size per family), halving a batch
     that runs out of memory and retrying it.
@@ -73,9 +85,12 @@ def run_family_batches(examples: Sequence[Example], batch_sizes: Mapping[str, in
     scaled down by the same factor; each halving issues a :class:`MemoryBackoffWarning`.
     Batch indices count the batches that ran, so without a halving they are those of
     :func:`clean_batches`. Returns the number of halvings; re-raises the error when a
-    batch of ``min_batch`` examples does not fit.
+    batch of ``min_batch`` examples does not fit. ``mixed``: batches of any families
+    (:func:`batch_groups`; one batch size for all).
     """
-    groups = by_family(examples)
+    if mixed and not isinstance(batch_sizes, int):
+        raise InvalidInputError("mixed-family batches take one batch size, not one per family")
+    groups = batch_groups(examples, mixed)
     planned = {f: batch_sizes if isinstance(batch_sizes, int) else batch_sizes[f] for f in groups}
     if any(s < 1 for s in planned.values()):
         raise InvalidInputError(f"batch sizes must be >= 1, got {planned}")
@@ -109,22 +124,23 @@ def run_family_batches(examples: Sequence[Example], batch_sizes: Mapping[str, in
 
 
 def clean_batches(model: LoadedModel, examples: Sequence[Example], hook_names: Sequence[str],
-                  *, batch_size: int) -> Iterator[CleanBatch]:
-    """Family batches of ``examples``, each encoded and run clean once, caching the
-    activations at ``hook_names``. Memory stays flat: one batch is alive at a time."""
+                  *, batch_size: int, mixed: bool = False) -> Iterator[CleanBatch]:
+    """Family batches of ``examples`` (``mixed``: :func:`batch_groups`), each encoded and run
+    clean once, caching the activations at ``hook_names``. Memory stays flat: one batch is
+    alive at a time."""
     for index, (exs, batch) in enumerate(encoded_batches(examples, model.tokenizer,
-                                                         batch_size=batch_size)):
+                                                         batch_size=batch_size, mixed=mixed)):
         yield CleanBatch(index=index, examples=exs, batch=batch,
                          clean=run_clean(model, batch, hook_names))
 
 
-def encoded_batches(examples: Sequence[Example], tokenizer, *, batch_size: int
-                    ) -> Iterator[tuple[tuple[Example, ...], TokenBatch]]:
-    """Family batches of ``examples``, encoded (for passes that are not clean runs, such
-    as attribution's forward and backward)."""
+def encoded_batches(examples: Sequence[Example], tokenizer, *, batch_size: int,
+                    mixed: bool = False) -> Iterator[tuple[tuple[Example, ...], TokenBatch]]:
+    """Family batches of ``examples`` (``mixed``: :func:`batch_groups`), encoded (for passes
+    that are not clean runs, such as attribution's forward and backward)."""
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
-    for exs in family_batches(examples, batch_size):
+    for exs in family_batches(examples, batch_size, mixed=mixed):
         yield tuple(exs), encode_batch(exs, tokenizer)
 
 

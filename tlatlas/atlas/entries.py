@@ -2,8 +2,9 @@
 estimate-then-verify (:mod:`tlatlas.atlas.verify`) asks for.
 
 - :func:`layer_entry_effects`: chosen (component, layer) entries of the layer map, per
-  example; as :func:`~tlatlas.atlas.sweep.layer_effects` (a forward from each layer, the
-  chosen components stacked along the batch axis).
+  example; as :func:`~tlatlas.atlas.sweep.layer_effects` (a forward from the layer, the
+  components stacked along the batch axis), but entries of nearby layers share a forward
+  that starts at their lowest layer (:func:`entry_forwards`).
 - :func:`position_cell_effects`: single cells (component, layer, example, position) of
   the position map; as :func:`~tlatlas.atlas.sweep.position_effects` (the clean keys and
   values of earlier positions as the prefix), but cells of several layers share a forward
@@ -29,33 +30,66 @@ from tlatlas.models.forward import prefix_cache, run_from_layer
 _WRITES = ("hook_attn_out", "hook_mlp_out")
 
 
-def layer_entry_effects(ctx: AblationBatch, entries: Sequence[tuple[int, int]]
+def entry_forwards(entry_layers: Sequence[int], rows_each: int, n_layers: int, *,
+                   max_rows: int, waste: float = 0.25) -> list[list[int]]:
+    """Which layer-map entries share a forward: indices into ``entry_layers``, in groups.
+
+    Entries are taken in layer order; a group starts at its lowest layer ``L0`` and takes
+    the next entry (at layer ``L``) while the group stays within ``max_rows`` rows
+    (``rows_each`` per entry) and the layers that entry runs clean before its own,
+    ``L - L0``, are at most ``waste`` of the layers it runs ablated, ``n_layers - L``.
+    Entries of one layer always share a forward up to ``max_rows``."""
+    order = sorted(range(len(entry_layers)), key=lambda i: entry_layers[i])
+    groups: list[list[int]] = []
+    for i in order:
+        cur = groups[-1] if groups else None
+        layer = entry_layers[i]
+        if cur is not None and (len(cur) + 1) * rows_each <= max_rows and \
+                layer - entry_layers[cur[0]] <= waste * (n_layers - layer):
+            cur.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def layer_entry_effects(ctx: AblationBatch, entries: Sequence[tuple[int, int]], *,
+                        max_rows: int = 64, waste: float = 0.25
                         ) -> Float[Tensor, "metric entry batch"]:
-    """Exact effect of ablating each ``(component index, layer)`` entry, per example: one
-    forward from each layer, its selected components stacked along the batch axis."""
+    """Exact effect of ablating each ``(component index, layer)`` entry, per example.
+
+    Entries are stacked along the batch axis into forwards (:func:`entry_forwards`): each
+    forward starts at its group's lowest layer from the clean residual there, and each
+    entry's rows write the component's replacement at the entry's own layer (before it
+    they recompute the clean run). A forward holds at least what an exact-path forward
+    holds (every component of a layer: ``3 x batch`` rows), at most ``max(max_rows, 3 x
+    batch)``; fewer, fuller forwards than one per layer when few entries of each layer are
+    asked for. ``waste`` as in :func:`entry_forwards`."""
     model, batch, clean = ctx.model, ctx.batch, ctx.clean
     b = len(batch)
     mask = ablation_mask(batch.roles, ctx.positions_ablated).to(model.device)
     out = torch.zeros(len(METRICS), len(entries), b)
-    by_layer: dict[int, list[tuple[int, int]]] = {}
-    for i, (c, layer) in enumerate(entries):
-        by_layer.setdefault(layer, []).append((i, c))
-    for layer, items in by_layer.items():
-        n_c = len(items)
+    cap = max(max_rows, len(COMPONENTS) * b)
+    for group in entry_forwards([layer for _, layer in entries], b, model.n_layers,
+                                max_rows=cap, waste=waste):
+        n_e = len(group)
+        members = [entries[i] for i in group]
+        start = min(layer for _, layer in members)
         hooks = []
-        for h in _WRITES:
-            on = torch.tensor([h in COMPONENT_HOOKS[COMPONENTS[c]] for _, c in items])
-            if not on.any():
-                continue
-            rows = on.repeat_interleave(b).to(model.device)
-            value = ctx.values[hook_name(layer, h)].repeat(n_c, 1, 1)
-            hooks.append((hook_name(layer, h),
-                          write_hook(value, mask.repeat(n_c, 1) & rows[:, None])))
-        resid = clean.acts[hook_name(layer, "hook_resid_pre")].repeat(n_c, 1, 1)
-        logits = run_from_layer(model, resid, layer, batch.scored_pos.repeat(n_c),
+        for layer in sorted({layer for _, layer in members}):
+            for h in _WRITES:
+                on = torch.tensor([at == layer and h in COMPONENT_HOOKS[COMPONENTS[c]]
+                                   for c, at in members])
+                if not on.any():
+                    continue
+                rows = on.repeat_interleave(b).to(model.device)
+                value = ctx.values[hook_name(layer, h)].repeat(n_e, 1, 1)
+                hooks.append((hook_name(layer, h),
+                              write_hook(value, mask.repeat(n_e, 1) & rows[:, None])))
+        resid = clean.acts[hook_name(start, "hook_resid_pre")].repeat(n_e, 1, 1)
+        logits = run_from_layer(model, resid, start, batch.scored_pos.repeat(n_e),
                                 fwd_hooks=hooks)
-        e = effects(clean.scored_logits.repeat(n_c, 1), logits, batch.target.repeat(n_c))
-        out[:, [i for i, _ in items]] = stack_effects(e).view(len(METRICS), n_c, b).cpu()
+        e = effects(clean.scored_logits.repeat(n_e, 1), logits, batch.target.repeat(n_e))
+        out[:, group] = stack_effects(e).view(len(METRICS), n_e, b).cpu()
     return out
 
 

@@ -249,6 +249,7 @@ def compute_atlas_sums(
     families: Sequence[str] | None = None,
     means: dict[str, RoleStats] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    mixed: bool = False,
 ) -> AtlasSums:
     """Sweep every layer (and position) over ``examples`` and return the summed effects.
 
@@ -256,8 +257,13 @@ def compute_atlas_sums(
     reference set that is not the scored examples. With ``config.batch_size == 0`` each
     family's batch size and position chunk come from the memory budget
     (:func:`atlas_batch_plans`). A batch that runs out of memory is halved and retried,
-    with a :class:`~tlatlas.models.memory.MemoryBackoffWarning`.
+    with a :class:`~tlatlas.models.memory.MemoryBackoffWarning`. ``mixed``: batches of any
+    families (:func:`~tlatlas.atlas.engine.batch_groups`; zero and mean ablation with a
+    fixed batch size: resample draws its donors within a batch's family).
     """
+    if mixed and (config.ablation == "resample" or config.auto_batch):
+        raise InvalidInputError("mixed-family batches need zero or mean ablation and a fixed "
+                                "batch size")
     layers = check_layers(model, config.layers)
     if config.ablation == "mean" and means is None:
         raise InvalidInputError("mean ablation needs reference statistics (reference_stats)")
@@ -285,7 +291,8 @@ def compute_atlas_sums(
         if on_batch is not None:
             on_batch(len(batch))
 
-    run_family_batches(examples, sizes, step, device=model.device, what="atlas sweep")
+    run_family_batches(examples, sizes, step, device=model.device, what="atlas sweep",
+                       mixed=mixed)
     if not config.correct_only:
         seen = {"seen.count": sums.tensors["count"].clone(),
                 "seen.correct": sums.tensors["clean.correct"].clone()}

@@ -276,13 +276,17 @@ def _order(score: Tensor) -> Tensor:
 def verify_layers(model: LoadedModel, examples: Sequence[Example], config: AtlasConfig,
                   verify: VerifyConfig, layers: Sequence[int], families: Sequence[str],
                   score: Float[Tensor, "component layer"], count: Float[Tensor, " family"], *,
-                  means=None) -> tuple[Tensor, dict[int, Tensor], Bool[Tensor, "component layer"], int]:
+                  means=None, known: tuple[Tensor, dict[int, Tensor]] | None = None
+                  ) -> tuple[Tensor, dict[int, Tensor], Bool[Tensor, "component layer"], int]:
     """Verify the layer map's rankings (``verify.layer_ranking``) until settled.
 
     Returns ``(exact sums [metric component layer family] (NaN where not verified),
     uid -> exact rows [metric component layer] (NaN where not verified), verified mask,
-    rounds)``; each round is one pass over the examples (a clean forward per batch and
-    one forward from each selected layer)."""
+    rounds)``; each round is one pass over the examples (a clean forward per batch and the
+    selected entries' forwards, :func:`~tlatlas.atlas.entries.layer_entry_effects`).
+    ``known``: exact values already computed for other examples (a screen's: their sums
+    [metric component layer family] and uid -> rows [metric component layer]), added to
+    every verified entry instead of computed again; ``count`` counts them too."""
     n_c, n_l = score.shape
     m = METRICS.index(verify.rank_metric)
     flat = score.double().nan_to_num(nan=-torch.inf)
@@ -303,10 +307,14 @@ def verify_layers(model: LoadedModel, examples: Sequence[Example], config: Atlas
         need = sorted({layers[li] for li in sel_l.tolist()})
         cached = [hook_name(layer, h) for layer in need for h in (*_WRITES, "hook_resid_pre")]
         entries = [(int(c), layers[int(li)]) for c, li in zip(sel_c, sel_l, strict=True)]
-        exact[:, sel_c, sel_l] = 0.0
-        for cb in clean_batches(model, examples, cached, batch_size=config.batch_size):
+        exact[:, sel_c, sel_l] = 0.0 if known is None else known[0][:, sel_c, sel_l].double()
+        for uid, got in ({} if known is None else known[1]).items():
+            row = rows.setdefault(uid, torch.full((len(METRICS), n_c, n_l), float("nan")))
+            row[:, sel_c, sel_l] = got[:, sel_c, sel_l]
+        for cb in clean_batches(model, examples, cached, batch_size=config.batch_size,
+                                mixed=True):
             ctx = ablation_batch(model, cb, config, means, need, _WRITES)
-            e = layer_entry_effects(ctx, entries)  # [metric entry batch]
+            e = layer_entry_effects(ctx, entries, max_rows=verify.max_rows)  # [metric entry batch]
             fam = torch.tensor([families.index(f) for f in cb.batch.families])
             onehot = torch.nn.functional.one_hot(fam, len(families)).double()
             exact[:, sel_c, sel_l] += torch.einsum("meb,bf->mef", e.double(), onehot)
@@ -374,9 +382,10 @@ def verify_sums(
     if verify.screen:  # the exact map on a few examples per family
         t0 = time.perf_counter()
         picked = screen_examples(examples, fams, verify.screen)
-        screened = compute_atlas_sums(
+        screened = compute_atlas_sums(  # a few examples of each family: batches mix them
             model, picked, replace(config, layers=layers, positions=False, method="exact",
-                                   correct_only=False), families=fams, means=means).tensors
+                                   correct_only=False), families=fams, means=means,
+            mixed=True).tensors
         screen_mean = screened["layer.sum"] / screened["count"].clamp_min(1)  # [m c l family]
         timings["screen"] = time.perf_counter() - t0
     # without a position map the screen is the estimate: no gradient pass, a clean run only
@@ -386,7 +395,7 @@ def verify_sums(
     hooks = sorted({h.split(".", 2)[2] for h in value_hooks})
     n_cells = n_verified = 0
     for cb in clean_batches(model, examples, [] if by_screen else cached,
-                            batch_size=config.batch_size):
+                            batch_size=config.batch_size, mixed=by_screen):
         t0 = time.perf_counter()
         if by_screen:
             fam = [fams.index(f) for f in cb.batch.families]
@@ -426,16 +435,20 @@ def verify_sums(
     else:
         score = rank_scores(family_average(screened["layer.sum"], screened["count"]),
                             verify.rank_metric)
-    if screen_mean is not None and len(picked) == len(examples):
+    known, rest = None, examples
+    if screen_mean is not None:  # the screened examples' exact values are not computed again
+        screened_rows = {int(u): screened["example.layer"][..., j]
+                         for j, u in enumerate(screened["example.id"].tolist())}
+        known = (screened["layer.sum"], screened_rows)
+        rest = [ex for ex in examples if ex.uid not in screened_rows]
+    if known is not None and not rest:
         # the screen took every example: it is the exact map, and nothing is left to verify
-        exact = screened["layer.sum"].double()
+        exact, rows = known[0].double(), known[1]
         vmask = torch.ones(exact.shape[1:3], dtype=torch.bool)
-        rows = {int(u): screened["example.layer"][..., j]
-                for j, u in enumerate(screened["example.id"].tolist())}
         rounds = 0
     else:
-        exact, rows, vmask, rounds = verify_layers(model, examples, config, verify, layers,
-                                                   fams, score, t["count"], means=means)
+        exact, rows, vmask, rounds = verify_layers(model, rest, config, verify, layers, fams,
+                                                   score, t["count"], means=means, known=known)
     timings["verify_layers"] = time.perf_counter() - t0
     screened_n = {"screened": len(picked)} if verify.screen else {}
     screened_n["filled_by"] = "screen" if by_screen else "estimator"

@@ -73,7 +73,9 @@ class VerifyConfig:
     """Position map: cells whose positions fall in one chunk ``[a, a + chunk)`` share a
     forward from ``a`` (with the clean keys/values of earlier positions)."""
     max_rows: int = 64
-    """Rows per verification forward of the position map."""
+    """Rows per verification forward: of the position map, and of the layer map, where
+    entries of nearby layers share a forward (never fewer rows than an exact-path forward
+    holds, 3 x batch)."""
 
     def __post_init__(self) -> None:
         if self.rule not in STOPPING_RULES:

@@ -196,7 +196,9 @@ def _estimate_args(args: argparse.Namespace) -> dict:
     kwargs: dict = {"estimator": estimator, "steps": None if estimator is not None else steps}
     if method == "verify":
         chosen = {"top_k": args.top_k or DEFAULT_TOP_K, "patience": args.patience,
-                  "screen": args.screen, "rule": args.rule or "patience"}
+                  "rule": args.rule or "patience"}
+        if args.screen is not None:
+            chosen["screen"] = args.screen
         VerifyConfig(**chosen, estimator=estimator or DEFAULT_ESTIMATOR)  # its checks, now
         kwargs.update(chosen)
     return kwargs
