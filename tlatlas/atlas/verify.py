@@ -432,11 +432,10 @@ def verify_sums(
     t0 = time.perf_counter()
     if screen_mean is None:
         score = rank_scores(family_average(t["layer.estimate"], t["count"]), verify.rank_metric)
-    else:
+        known, rest = None, examples
+    else:  # the screen's order; its examples' exact values are not computed again
         score = rank_scores(family_average(screened["layer.sum"], screened["count"]),
                             verify.rank_metric)
-    known, rest = None, examples
-    if screen_mean is not None:  # the screened examples' exact values are not computed again
         screened_rows = {int(u): screened["example.layer"][..., j]
                          for j, u in enumerate(screened["example.id"].tolist())}
         known = (screened["layer.sum"], screened_rows)
