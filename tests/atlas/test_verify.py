@@ -291,6 +291,27 @@ def test_verified_entries_are_exact_and_the_rest_are_marked(tiny_models, example
     assert "magnitude" in exactness(loaded)["estimated"]  # bound gives scores, not dlogp
 
 
+def test_a_positions_run_screens_only_when_the_screen_is_a_small_share(tiny_models, examples):
+    """With a position map the gradient pass runs anyway: a screen larger than
+    ``screen_share`` of the examples is skipped and the estimate orders the layer map."""
+    model = tiny_models["llama"]
+    config = AtlasConfig(positions=True, max_offset=8, batch_size=4, position_chunk=8)
+    # one per family of 2 families is 2 of 6 examples: above a quarter, below one half
+    _, skipped = verify_sums(model, examples, config, VerifyConfig(top_k=1, patience=1))
+    assert skipped["ordered_by"] == "estimator" and skipped["screened"] == 0
+    assert "screen" not in skipped["seconds"]
+    _, taken = verify_sums(model, examples, config,
+                           VerifyConfig(top_k=1, patience=1, screen_share=0.5))
+    assert taken["ordered_by"] == "screen" and taken["screened"] == 2
+    assert "screen" in taken["seconds"]
+    # without a position map the screen is the estimate, whatever its share
+    _, layer_only = verify_sums(model, examples, replace(config, positions=False),
+                                VerifyConfig(top_k=1, patience=1))
+    assert layer_only["ordered_by"] == layer_only["filled_by"] == "screen"
+    with pytest.raises(ValueError, match="screen_share"):
+        VerifyConfig(screen_share=1.5)
+
+
 def test_hub_uses_verified_layers_only(tiny_models, examples):
     model = tiny_models["llama"]
     config = AtlasConfig(batch_size=4)

@@ -41,7 +41,8 @@ def exactness(atlas, component: str = "block") -> dict:
         out.update(cells=int(pcomp * n_l * t["role.count"].sum()),
                    cells_verified=int(t["role.verified"].sum()))
     out.update({k: record[k] for k in ("top_k", "patience", "rank_metric", "layer_ranking",
-                                       "layer_rounds", "stopping", "screen", "filled_by", "rule")
+                                       "layer_rounds", "stopping", "screen", "filled_by", "rule",
+                                       "ordered_by")
                 if k in record})
     return out
 
@@ -71,7 +72,9 @@ def exactness_line(e: dict) -> str:
     text = (f"values: {e['entries_verified']}/{e['entries']} layer entries exact ({layers}; "
             f"top {e.get('top_k', '?')} settled, {e.get('stopping', 'patience')} rule, "
             f"patience {e.get('patience', '?')}"
-            + (f", ordered by a screen of {e['screen']} per family" if e.get("screen") else "")
+            + (f", ordered by a screen of {e['screen']} per family"
+               if e.get("ordered_by", "screen") == "screen" and e.get("screen") else
+               ", ordered by the estimate")
             + ")")
     if "cells" in e:
         text += f", position cells {e['cells_verified']}/{e['cells']} exact"

@@ -22,9 +22,9 @@ The stopping rule (per ranking)
 ------------------------------
 Entries are verified in estimate order, ``top_k + patience`` first, then ``patience`` at a
 time (position map, ``scored_first``: every layer's cell at the scored position is
-verified up front, before the estimate order; those cells cost a one-token suffix each,
-hold the map's largest effects, and are the ones an estimate orders worst among
-themselves). A ranking is **settled** when the exact top-``top_k`` set among its verified entries
+verified up front, before the estimate order, and the first round adds ``patience`` cells
+to them; those cells cost a one-token suffix each, hold the map's largest effects, and are
+the ones an estimate orders worst among themselves). A ranking is **settled** when the exact top-``top_k`` set among its verified entries
 did not change over its last ``patience`` verified entries, i.e. none of the last
 ``patience`` is in the exact top-``top_k`` of all verified entries (ties go to the entry
 verified first); or when every entry is verified. ``patience`` defaults to ``2 * top_k``. The
@@ -44,7 +44,9 @@ The order of the layer map
 --------------------------
 With ``screen=J`` (default 1) by the **exact** map on the first ``J`` examples of each
 family (:func:`screen_examples`): unbiased, at ``J / examples per family`` of the exact
-map's cost; with ``screen=0`` by the estimate. Without a position map the screen is then
+map's cost; with ``screen=0`` by the estimate. With a position map the gradient pass runs
+anyway, and the screen is taken only when it is at most ``screen_share`` of the examples
+(``record["ordered_by"]``). Without a position map the screen is then
 also the estimate: no gradient pass runs, and an unverified entry holds its family's
 exact mean over the screened examples (every metric, ``acc_drop`` included;
 ``record["filled_by"]``). A screen that takes every example is the exact map itself:
@@ -148,8 +150,9 @@ def settle(rankings: Sequence[tuple[Sequence[int], int, int]],
     """Verify entries of several rankings in their order until each is settled.
 
     ``rankings``: ``(entry ids in verification order, top_k, first)``: the first ``first``
-    entries are verified up front whatever the rule says (cheap ones), then ``top_k +
-    window``, then ``window`` at a time until ``settled`` (default: :func:`patience_rule`
+    entries are verified up front whatever the rule says (cheap ones); the first round
+    verifies ``max(first, top_k) + window`` (the up-front entries count as candidates for
+    the top), then ``window`` at a time until ``settled`` (default: :func:`patience_rule`
     with ``window``) holds or every entry is verified; rankings may share entries
     (verified once). ``exact(ids)`` verifies new entries and returns their exact values of
     the rank metric. Returns ``(entry id -> exact value, rounds)``; a round asks ``exact``
@@ -158,7 +161,7 @@ def settle(rankings: Sequence[tuple[Sequence[int], int, int]],
     settled = settled or patience_rule(window)
     got: dict[int, float] = {}
     seen = [0] * len(rankings)
-    upto = [min(first + k + window, len(order)) for order, k, first in rankings]
+    upto = [min(max(first, k) + window, len(order)) for order, k, first in rankings]
     done = [len(order) == 0 for order, _, _ in rankings]
     rounds = 0
     while not all(done):
@@ -379,9 +382,11 @@ def verify_sums(
         if config.positions else None
     timings = {"estimate": 0.0, "verify_positions": 0.0}
     screen_mean = None
-    if verify.screen:  # the exact map on a few examples per family
+    picked = screen_examples(examples, fams, verify.screen) if verify.screen else []
+    if config.positions and len(picked) > verify.screen_share * len(examples):
+        picked = []  # the gradient pass runs anyway; a screen this large costs more than it saves
+    if picked:  # the exact map on a few examples per family
         t0 = time.perf_counter()
-        picked = screen_examples(examples, fams, verify.screen)
         screened = compute_atlas_sums(  # a few examples of each family: batches mix them
             model, picked, replace(config, layers=layers, positions=False, method="exact",
                                    correct_only=False), families=fams, means=means,
@@ -449,8 +454,8 @@ def verify_sums(
         exact, rows, vmask, rounds = verify_layers(model, rest, config, verify, layers, fams,
                                                    score, t["count"], means=means, known=known)
     timings["verify_layers"] = time.perf_counter() - t0
-    screened_n = {"screened": len(picked)} if verify.screen else {}
-    screened_n["filled_by"] = "screen" if by_screen else "estimator"
+    screened_n = {"screened": len(picked), "ordered_by": "screen" if picked else "estimator",
+                  "filled_by": "screen" if by_screen else "estimator"}
     # unverified entries keep the estimate (NaN in metrics it does not give)
     t["layer.sum"] = torch.where(vmask[None, :, :, None], exact, t["layer.sum"])
     t["layer.verified"] = vmask[:, :, None].double() * t["count"][None, None]

@@ -64,6 +64,12 @@ class VerifyConfig:
     gradient order missed the exact top 5 in 23% of bootstrap replicates (SmolLM2, mean
     ablation) where a one-example screen missed none (``benchmarks/verify_rules.py``,
     ``docs/estimate-verify.md``)."""
+    screen_share: float = 0.25
+    """With a position map, the screen is taken only when its examples are at most this
+    share of the atlas's; else the estimate orders the layer map. A positions run pays for
+    the gradient pass anyway (it orders the position map), so there the screen is extra
+    cost: exact layer rows for its examples, a share of the exact layer map that a small
+    position atlas makes large (one per family of 3 families in 6 examples: half)."""
     scored_first: bool = True
     """Position map: verify every layer's cell at the scored position up front (a
     one-token suffix each: together about ``1 / width**2`` of the exact map), then the
@@ -96,6 +102,8 @@ class VerifyConfig:
         if self.screen < 0:
             raise InvalidInputError(f"screen must be >= 0 examples per family (0: order by the "
                                     f"estimate), got {self.screen}")
+        if not 0.0 <= self.screen_share <= 1.0:
+            raise InvalidInputError(f"screen_share must be in [0, 1], got {self.screen_share}")
         if self.max_rows < 1 or self.chunk < 1:
             raise InvalidInputError("max_rows and chunk must be >= 1")
 
@@ -109,7 +117,7 @@ class VerifyConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"top_k": self.top_k, "patience": self.window, "rank_metric": self.rank_metric,
                 "layer_ranking": self.layer_ranking, "scored_first": self.scored_first,
-                "screen": self.screen,
+                "screen": self.screen, "screen_share": self.screen_share,
                 "estimator": self.estimator.to_dict(), "stopping": self.rule,
                 "rule": STOPPING_RULES[self.rule]}
 

@@ -1,0 +1,163 @@
+"""Which order and rule should verify use on the position map? Replayed on saved cells.
+
+    python benchmarks/verify_positions_replay.py dump --model M --ablation A \
+        --families factual ioi induction --per-family 4 --out CELLS.pt
+    python benchmarks/verify_positions_replay.py replay CELLS.pt [CELLS.pt ...] \
+        [--orders bound bound-nofront first_order] [--patience 10 5]
+
+``dump`` computes, for every example, the exact position map (every cell [pcomp layer
+position], the exact fast path) and the cheap estimates of it (``bound``, first order),
+and saves them with the model's layer count; ``replay`` loads no model: it runs verify's
+rule (:func:`tlatlas.atlas.verify.settle`) on each (example, component) ranking in each
+order, reading a verified cell's exact KL from the dump, and reports per order and rule:
+cells verified, recall of the exact top ``k`` (the share of the exact top-``k`` cells
+returned; ties with the ``k``-th value count), the share of rankings with recall 1.0, and
+the verified cells' cost as a share of the exact map's in the cost model of layer-tokens
+(a cell at layer ``L`` and position ``p`` runs ``n_layers - L`` layers over the ``s - p +
+1`` positions up to the scored one ``s``; per-forward overhead is left out). Intervals:
+1,000 bootstrap replicates over the examples.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def dump(args) -> None:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from atlas_speed import POS_HOOKS, parse_estimator, swept_cells  # noqa: E402 (a sibling)
+
+    from tlatlas.atlas.config import AtlasConfig
+    from tlatlas.atlas.pipeline import REFERENCE_SEED_OFFSET
+    from tlatlas.atlas.sweep import reference_stats
+    from tlatlas.hooks import hook_name
+    from tlatlas.models import load_model
+    from tlatlas.tasks import build_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    examples = list(build_suite("synthetic", seed=args.seed, per_family=args.per_family,
+                                families=args.families))
+    means = None
+    if args.ablation == "mean":
+        ref = build_suite("synthetic", seed=args.seed + REFERENCE_SEED_OFFSET,
+                          per_family=4, families=args.families)
+        means = reference_stats(model, list(ref), [hook_name(layer, h) for layer in
+                                                   range(model.n_layers) for h in POS_HOOKS])
+    config = AtlasConfig(ablation=args.ablation, batch_size=args.batch_size, positions=True)
+    out = {"model": args.model, "ablation": args.ablation, "n_layers": model.n_layers,
+           "uids": [ex.uid for ex in examples], "families": [ex.family for ex in examples]}
+    _, out["exact"] = swept_cells(model, examples, config, means)
+    for spec in args.estimators:
+        _, out[spec] = swept_cells(model, examples, config, means, parse_estimator(spec))
+    torch.save(out, args.out)
+
+
+def ranking_cells(exact: torch.Tensor, score: torch.Tensor, front: bool):
+    """One (example, component) ranking: ``(order of flat cell ids, n_front, exact KL
+    [flat], cost [flat], valid [flat])`` from its exact KL and score [layer pos]."""
+    n_l, width = exact.shape
+    valid = ~torch.isnan(exact)
+    at = int(valid.any(0).nonzero().max())  # the scored position: the last valid one
+    lay = torch.arange(n_l)[:, None].expand(n_l, width)
+    pos = torch.arange(width)[None, :].expand(n_l, width)
+    cost = ((n_l - lay) * (at - pos + 1)).double().clamp_min(0) * valid
+    s = score.double().nan_to_num(nan=-torch.inf).clone()
+    s[~valid] = -torch.inf
+    n_front = 0
+    if front:
+        s[:, at] = torch.where(valid[:, at], torch.inf, -torch.inf)
+        n_front = int(valid[:, at].sum())
+    order = torch.sort(s.flatten(), descending=True, stable=True).indices
+    order = order[:int(valid.sum())]
+    return order.tolist(), n_front, exact.flatten(), cost.flatten()
+
+
+def replay_one(exact, score, front, top_k, patience):
+    """``(cells verified, recall, cost verified, cost of all)`` for one ranking."""
+    from tlatlas.atlas.verify import settle
+
+    order, n_front, ex, cost = ranking_cells(exact, score, front)
+    got, _ = settle([(order, top_k, n_front)], lambda ids: ex[ids], patience)
+    ids = torch.tensor(sorted(got))
+    valid_ex = ex[order]
+    kth = torch.sort(valid_ex, descending=True).values[min(top_k, len(order)) - 1]
+    mine = ids[torch.sort(ex[ids], descending=True, stable=True).indices[:top_k]]
+    recall = float((ex[mine] >= kth - 1e-6).sum()) / min(top_k, len(order))
+    return len(got), recall, float(cost[ids].sum()), float(cost[order].sum())
+
+
+def replay(args) -> None:
+    from tlatlas.metrics import METRICS
+    from tlatlas.stats import percentile_interval
+
+    kl = METRICS.index("kl")
+    print(f"# top_k {args.top_k}; 1000 bootstrap replicates over examples; cost in layer-tokens "
+          "(per-forward overhead left out)")
+    for path in args.cells:
+        d = torch.load(path)
+        n = len(d["uids"])
+        for order_name in args.orders:
+            est, _, mode = order_name.partition("-")
+            front = mode != "nofront"
+            for patience in args.patience:
+                per = []  # per example: (cells, recalls, cost, total)
+                for u in d["uids"]:
+                    e = d["exact"][u]
+                    sc = d[est if ":" in est else f"{est}:1"][u]
+                    m = kl if not torch.isnan(sc[kl]).all() else METRICS.index("dlogp")
+                    rows = [replay_one(e[kl, p], sc[m, p].abs(), front, args.top_k, patience)
+                            for p in range(e.shape[1])]
+                    per.append(torch.tensor(rows, dtype=torch.float64))
+                per_t = torch.stack(per)  # [example pcomp 4]
+                cells = per_t[..., 0].sum()
+                total_cells = sum(int((~torch.isnan(d["exact"][u][kl])).sum()) for u in d["uids"])
+
+                def stat(idx, per_t=per_t):
+                    p = per_t[idx]
+                    return torch.stack([p[..., 1].mean(), (p[..., 1] == 1).double().mean(),
+                                        p[..., 3].sum() / p[..., 2].sum()])
+
+                point = stat(torch.arange(n))
+                g = torch.Generator().manual_seed(0)
+                boot = torch.stack([stat(torch.randint(0, n, (n,), generator=g))
+                                    for _ in range(1000)])
+                lo_hi = [percentile_interval(boot[:, i]) for i in range(3)]
+                print(f"{d['model']:13} {d['ablation']:4} n={n:3} {order_name:16} patience {patience:2}: "
+                      f"{int(cells)}/{total_cells} cells, recall {point[0]:.3f} "
+                      f"[{lo_hi[0][0]:.3f}, {lo_hi[0][1]:.3f}], recall 1.0 in "
+                      f"{100 * point[1]:.0f}% of {per_t.shape[0] * per_t.shape[1]} rankings, "
+                      f"speed-up {point[2]:.2f}x [{lo_hi[2][0]:.2f}, {lo_hi[2][1]:.2f}]")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dump")
+    d.add_argument("--model", required=True)
+    d.add_argument("--ablation", choices=["zero", "mean"], default="zero")
+    d.add_argument("--families", nargs="+", default=["factual", "ioi", "induction"])
+    d.add_argument("--per-family", type=int, default=4)
+    d.add_argument("--seed", type=int, default=42)
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--estimators", nargs="+", default=["bound:1", "first_order:1"])
+    d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--out", required=True)
+    r = sub.add_parser("replay")
+    r.add_argument("cells", nargs="+")
+    r.add_argument("--orders", nargs="+", default=["bound", "bound-nofront", "first_order"])
+    r.add_argument("--patience", type=int, nargs="+", default=[10, 5])
+    r.add_argument("--top-k", type=int, default=5)
+    args = ap.parse_args()
+    dump(args) if args.cmd == "dump" else replay(args)
+
+
+if __name__ == "__main__":
+    main()
