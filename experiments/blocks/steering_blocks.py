@@ -41,6 +41,7 @@ above 0, *contradicted* when below, else *inconclusive*; at smoke size every cla
 """
 
 import math
+import statistics
 
 from experiments.blocks.base import (
     Block,
@@ -119,7 +120,7 @@ def run_quant_speed(ctx) -> dict:
     import torch
 
     from tlatlas.metrics import effects
-    from tlatlas.steering.precision import free_model, load_precision, time_forward
+    from tlatlas.steering.precision import forward_times, free_model, load_precision
     from tlatlas.tokens import encode_batch
 
     examples = list(ctx.suite())
@@ -130,7 +131,7 @@ def run_quant_speed(ctx) -> dict:
         model = load_precision(ctx.model_name, label)
         ctx.fingerprints.setdefault(ctx.model_name, model.fingerprint.to_dict())
         try:
-            seconds = time_forward(model, examples, repeats=int(ctx.params["repeats"]))
+            times = forward_times(model, examples, repeats=int(ctx.params["repeats"]))
             batch = encode_batch(examples, model.tokenizer)
             with torch.inference_mode():
                 logits = model.hf_model(batch.tokens.to(model.device)).logits.float()
@@ -139,7 +140,9 @@ def run_quant_speed(ctx) -> dict:
             del model
             free_model()
         ref = scored if ref is None else ref
-        out[label] = {"precision": label, "forward_s": seconds,
+        # a pass's time: the median over repeats; each batch's: its median (pairs by batch)
+        out[label] = {"precision": label, "forward_s": statistics.median(times.sum(1).tolist()),
+                      "batch_s": times.median(0).values.tolist(),
                       "kl_vs_first": float(effects(ref, scored, batch.target).kl.mean()),
                       "top1_agreement": float((ref.argmax(-1) == scored.argmax(-1)).float().mean()),
                       "accuracy": float((scored.argmax(-1) == batch.target).float().mean())}
@@ -161,16 +164,43 @@ def summarize_quant_speed(results: dict[str, list[dict]]) -> list[Statement]:
                 f"{k} {v['slowdown']:.2f}x (KL {v['kl_vs_first']:.4f} nats, top-1 agreement "
                 f"{v['top1_agreement']:.0%})" for k, v in p.items()), n, size, (r["path"],)))
         if "nf4-fp32" in p and "int8" in p:
-            faster = "NF4" if p["nf4-fp32"]["forward_s"] < p["int8"]["forward_s"] else "int8"
-            out.append(_claim(
-                f"{model} ({size}): {faster} is the faster quantized copy on this device "
-                f"(NF4/fp32-compute {p['nf4-fp32']['forward_s']:.3f}s vs int8 "
-                f"{p['int8']['forward_s']:.3f}s per pass, median of "
-                f"{r['params'].get('repeats', '?')} timings each; a CPU timing says nothing of "
-                "the CUDA kernels the origin report timed)",
-                n, size, (r["path"],), origin="nf4-vs-int8-speed", model=model,
-                value=f"int8 / NF4 time {p['int8']['forward_s'] / p['nf4-fp32']['forward_s']:.2f}"))
+            nf4, int8 = p["nf4-fp32"], p["int8"]
+            faster = "NF4" if nf4["forward_s"] < int8["forward_s"] else "int8"
+            text = (f"{model} ({size}): {faster} is the faster quantized copy on this device "
+                    f"(NF4/fp32-compute {nf4['forward_s']:.3f}s vs int8 {int8['forward_s']:.3f}s "
+                    f"per pass, median of {r['params'].get('repeats', '?')} timings each; a CPU "
+                    "timing says nothing of the CUDA kernels the origin report timed)")
+            origin = {"origin": "nf4-vs-int8-speed", "model": model,
+                      "value": f"int8 / NF4 time {int8['forward_s'] / nf4['forward_s']:.2f}"}
+            if "batch_s" in nf4 and "batch_s" in int8:
+                iv = slowdown_interval(int8["batch_s"], nf4["batch_s"])
+                out.append(judged(
+                    text + f"; int8 time / NF4 time - 1 = {iv.estimate:+.3f} "
+                    f"[{iv.ci_low:+.3f}, {iv.ci_high:+.3f}] over {iv.n} prompt batches",
+                    iv, size=size, sources=(r["path"],), **origin))
+            else:  # a result from before per-batch times were recorded
+                out.append(_claim(text, n, size, (r["path"],), **origin))
     return out
+
+
+def slowdown_interval(slow: list[float], fast: list[float], *, replicates: int = 2000,
+                      seed: int = 0):
+    """``sum(slow) / sum(fast) - 1`` over paired per-batch times (the same batches timed
+    on two copies), with a 95% percentile bootstrap over the batches; n = batches."""
+    import torch
+
+    from tlatlas.stats import Interval, percentile_interval
+
+    a = torch.tensor(slow, dtype=torch.float64)
+    b = torch.tensor(fast, dtype=torch.float64)
+    if a.shape != b.shape or a.numel() < 2:
+        raise ValueError(f"need paired times of >= 2 batches, got {a.numel()} and {b.numel()}")
+    idx = torch.randint(0, a.numel(), (replicates, a.numel()),
+                        generator=torch.Generator().manual_seed(seed))
+    boot = a[idx].sum(1) / b[idx].sum(1) - 1
+    lo, hi = percentile_interval(boot[:, None])
+    return Interval(estimate=float(a.sum() / b.sum() - 1), ci_low=float(lo[0]),
+                    ci_high=float(hi[0]), n=a.numel())
 
 
 register_block(Block(

@@ -76,6 +76,9 @@ def test_steering_quant_and_two_model_blocks_on_tiny_models(tiny_dirs, tmp_path,
     assert list(rows) == ["fp32", "bf16", "nf4-fp32", "nf4-bf16", "int8"]
     assert rows["fp32"]["kl_vs_first"] == 0 and rows["fp32"]["slowdown"] == 1
     assert rows["nf4-fp32"]["kl_vs_first"] > rows["int8"]["kl_vs_first"] > 0
+    n_batches = len(rows["fp32"]["batch_s"])
+    assert n_batches >= 2 and all(len(r["batch_s"]) == n_batches and min(r["batch_s"]) > 0
+                                  for r in rows.values())
     steer = read_record(root, ResultKey(block="steer-controls", model=a, seed=42, size="smoke"))
     v = steer["value"]
     zero = v["scales"].index(0)
@@ -117,6 +120,8 @@ def test_steering_quant_and_two_model_blocks_on_tiny_models(tiny_dirs, tmp_path,
     steering = [x for x in claims.splitlines() if "steer" in x and x.startswith("- ")]
     assert steering and all("smoke: not evidence" in x and "n = " in x for x in steering)
     assert "95% CI [" in claims.split("amplifies steering over fp32")[1].splitlines()[0]
+    speed_line = next(x for x in claims.splitlines() if "faster quantized copy" in x)
+    assert "prompt batches" in speed_line and "95% CI [" in speed_line
 
 
 def test_lora_skip_and_lockin_blocks_on_a_tiny_model(tiny_dirs, tmp_path, marks):
@@ -160,3 +165,16 @@ def test_lora_skip_and_lockin_blocks_on_a_tiny_model(tiny_dirs, tmp_path, marks)
                    "All layers are necessary", "G3", "G4"):
         row = next(x for x in findings.splitlines() if origin in x)
         assert "smoke: not evidence" in row and "results/" in row
+
+
+def test_slowdown_interval_pairs_batches():
+    from experiments.blocks.steering_blocks import slowdown_interval
+
+    fast = [0.1, 0.2, 0.3, 0.4]
+    iv = slowdown_interval([2 * t for t in fast], fast)  # every batch exactly twice as slow
+    assert iv.n == 4 and iv.estimate == pytest.approx(1.0)
+    assert iv.ci_low == pytest.approx(1.0) and iv.ci_high == pytest.approx(1.0)
+    mixed = slowdown_interval([0.2, 0.2, 0.6, 0.4], fast)  # slower on some batches, not all
+    assert mixed.ci_low < mixed.estimate < mixed.ci_high and mixed.ci_low < 0.5 < mixed.ci_high
+    with pytest.raises(ValueError, match="paired"):
+        slowdown_interval([0.1, 0.2], fast)

@@ -29,7 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tlatlas.atlas.engine import encoded_batches
-from tlatlas.errors import TlatlasError
+from tlatlas.errors import InvalidInputError, TlatlasError
 from tlatlas.models import DTYPES, LoadedModel, default_device, load_model
 from tlatlas.steering.config import SteeringConfig
 from tlatlas.steering.result import (
@@ -99,24 +99,35 @@ def load_precision(source, label: str, *, device: torch.device | str | None = No
     return load_quantized_model(source, parse_precision(label), device=device)
 
 
-def time_forward(model: LoadedModel, examples: Iterable[Example], *, batch_size: int = 8,
-                 repeats: int = 3) -> float:
-    """Median seconds of one clean forward pass over ``examples`` (after one warm-up batch)."""
+def forward_times(model: LoadedModel, examples: Iterable[Example], *, batch_size: int = 8,
+                  repeats: int = 3) -> Float[Tensor, "repeat batch"]:
+    """Seconds of each batch's clean forward in each of ``repeats`` passes over
+    ``examples`` (family batches, in suite order; after one warm-up batch). Two models
+    timed on the same examples have the same batches, so their times pair by batch."""
+    if repeats < 1:
+        raise InvalidInputError(f"repeats must be >= 1, got {repeats}")
     batches = [batch.tokens.to(model.device)
                for _, batch in encoded_batches(list(examples), model.tokenizer,
                                                batch_size=batch_size)]
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    times = []
+    times = torch.zeros(repeats, len(batches), dtype=torch.float64)
     with torch.inference_mode():
         model.hf_model(batches[0])
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            for tokens in batches:
+        for r in range(repeats):
+            for i, tokens in enumerate(batches):
+                sync()
+                t0 = time.perf_counter()
                 model.hf_model(tokens)
-            sync()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+                sync()
+                times[r, i] = time.perf_counter() - t0
+    return times
+
+
+def time_forward(model: LoadedModel, examples: Iterable[Example], *, batch_size: int = 8,
+                 repeats: int = 3) -> float:
+    """Median seconds of one clean forward pass over ``examples`` (after one warm-up batch)."""
+    times = forward_times(model, examples, batch_size=batch_size, repeats=repeats)
+    return statistics.median(times.sum(1).tolist())
 
 
 def free_model() -> None:
