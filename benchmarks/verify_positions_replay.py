@@ -61,8 +61,8 @@ def dump(args) -> None:
 
 
 def ranking_cells(exact: torch.Tensor, score: torch.Tensor, front: bool):
-    """One (example, component) ranking: ``(order of flat cell ids, n_front, exact KL
-    [flat], cost [flat], valid [flat])`` from its exact KL and score [layer pos]."""
+    """One (example, component) ranking: ``(order of the valid flat cell ids, n_front,
+    exact KL [flat], cost [flat])`` from its exact KL and score [layer pos]."""
     n_l, width = exact.shape
     valid = ~torch.isnan(exact)
     at = int(valid.any(0).nonzero().max())  # the scored position: the last valid one
@@ -82,15 +82,16 @@ def ranking_cells(exact: torch.Tensor, score: torch.Tensor, front: bool):
 
 def replay_one(exact, score, front, top_k, patience):
     """``(cells verified, recall, cost verified, cost of all)`` for one ranking."""
+    from atlas_speed import recall_at_k  # a sibling: the timed benchmark's recall
+
     from tlatlas.atlas.verify import settle
 
     order, n_front, ex, cost = ranking_cells(exact, score, front)
     got, _ = settle([(order, top_k, n_front)], lambda ids: ex[ids], patience)
     ids = torch.tensor(sorted(got))
-    valid_ex = ex[order]
-    kth = torch.sort(valid_ex, descending=True).values[min(top_k, len(order)) - 1]
-    mine = ids[torch.sort(ex[ids], descending=True, stable=True).indices[:top_k]]
-    recall = float((ex[mine] >= kth - 1e-6).sum()) / min(top_k, len(order))
+    verified = torch.zeros_like(ex, dtype=torch.bool)
+    verified[ids] = True
+    recall = recall_at_k(ex[order], ex[order], verified[order], top_k)
     return len(got), recall, float(cost[ids].sum()), float(cost[order].sum())
 
 
