@@ -95,6 +95,19 @@ def replay_one(exact, score, front, top_k, patience):
     return len(got), recall, float(cost[ids].sum()), float(cost[order].sum())
 
 
+def missed_cells(exact, score, front, top_k, patience) -> list[tuple[int, int, int]]:
+    """The exact top-``top_k`` cells one ranking leaves unverified, as ``(layer, position,
+    rank in the order)``."""
+    from tlatlas.atlas.verify import settle
+
+    order, n_front, ex, _ = ranking_cells(exact, score, front)
+    got, _ = settle([(order, top_k, n_front)], lambda ids: ex[ids], patience)
+    rank = {c: i for i, c in enumerate(order)}
+    top = torch.tensor(order)[torch.sort(ex[order], descending=True, stable=True).indices[:top_k]]
+    width = exact.shape[1]
+    return [(c // width, c % width, rank[c]) for c in top.tolist() if c not in got]
+
+
 def replay(args) -> None:
     from tlatlas.metrics import METRICS
     from tlatlas.stats import percentile_interval
@@ -131,6 +144,17 @@ def replay(args) -> None:
                 boot = torch.stack([stat(torch.randint(0, n, (n,), generator=g))
                                     for _ in range(1000)])
                 lo_hi = [percentile_interval(boot[:, i]) for i in range(3)]
+                if args.misses:
+                    for u in d["uids"]:
+                        e, sc = d["exact"][u], d[est if ":" in est else f"{est}:1"][u]
+                        m = kl if not torch.isnan(sc[kl]).all() else METRICS.index("dlogp")
+                        for p in range(e.shape[1]):
+                            miss = missed_cells(e[kl, p], sc[m, p].abs(), front, args.top_k,
+                                                patience)
+                            if miss:
+                                print(f"  missed, prompt {u}, component {p}: "
+                                      + ", ".join(f"L{la} pos {po} (rank {r})"
+                                                  for la, po, r in miss))
                 print(f"{d['model']:13} {d['ablation']:4} n={n:3} {order_name:16} patience {patience:2}: "
                       f"{int(cells)}/{total_cells} cells, recall {point[0]:.3f} "
                       f"[{lo_hi[0][0]:.3f}, {lo_hi[0][1]:.3f}], recall 1.0 in "
@@ -156,6 +180,8 @@ def main() -> None:
     r.add_argument("--orders", nargs="+", default=["bound", "bound-nofront", "first_order"])
     r.add_argument("--patience", type=int, nargs="+", default=[10, 5])
     r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--misses", action="store_true",
+                   help="list each ranking's unverified exact top cells (layer, position, rank)")
     args = ap.parse_args()
     dump(args) if args.cmd == "dump" else replay(args)
 

@@ -45,3 +45,12 @@ def test_a_good_order_recovers_the_top_and_a_reversed_one_misses_it():
     # verifying the scored position up front rescues the same bad order
     _, recall, _, _ = replay.replay_one(kl, worst, front=True, top_k=2, patience=2)
     assert recall == 1.0
+
+
+def test_missed_cells_names_the_unverified_top_cells_and_their_ranks():
+    kl = _cells()
+    worst = kl.clone()
+    worst[2:, 3] = -1.0  # the top 2 (layers 3 and 2 at the scored position) ranked last
+    missed = replay.missed_cells(kl, worst, front=False, top_k=2, patience=2)
+    assert sorted(missed) == [(2, 3, 14), (3, 3, 15)]
+    assert replay.missed_cells(kl, kl, front=False, top_k=2, patience=2) == []
