@@ -41,7 +41,6 @@ above 0, *contradicted* when below, else *inconclusive*; at smoke size every cla
 """
 
 import math
-import statistics
 
 from experiments.blocks.base import (
     Block,
@@ -120,7 +119,7 @@ def run_quant_speed(ctx) -> dict:
     import torch
 
     from tlatlas.metrics import effects
-    from tlatlas.steering.precision import forward_times, free_model, load_precision
+    from tlatlas.steering.precision import forward_times, free_model, load_precision, pass_seconds
     from tlatlas.tokens import encode_batch
 
     examples = list(ctx.suite())
@@ -141,7 +140,7 @@ def run_quant_speed(ctx) -> dict:
             free_model()
         ref = scored if ref is None else ref
         # a pass's time: the median over repeats; each batch's: its median (pairs by batch)
-        out[label] = {"precision": label, "forward_s": statistics.median(times.sum(1).tolist()),
+        out[label] = {"precision": label, "forward_s": pass_seconds(times),
                       "batch_s": times.median(0).values.tolist(),
                       "kl_vs_first": float(effects(ref, scored, batch.target).kl.mean()),
                       "top1_agreement": float((ref.argmax(-1) == scored.argmax(-1)).float().mean()),
@@ -170,16 +169,19 @@ def summarize_quant_speed(results: dict[str, list[dict]]) -> list[Statement]:
                     f"(NF4/fp32-compute {nf4['forward_s']:.3f}s vs int8 {int8['forward_s']:.3f}s "
                     f"per pass, median of {r['params'].get('repeats', '?')} timings each; a CPU "
                     "timing says nothing of the CUDA kernels the origin report timed)")
-            origin = {"origin": "nf4-vs-int8-speed", "model": model,
-                      "value": f"int8 / NF4 time {int8['forward_s'] / nf4['forward_s']:.2f}"}
+            origin = {"origin": "nf4-vs-int8-speed", "model": model}
             if "batch_s" in nf4 and "batch_s" in int8:
+                # the value is on the interval's scale: summed per-batch medians, ratio - 1
                 iv = slowdown_interval(int8["batch_s"], nf4["batch_s"])
                 out.append(judged(
                     text + f"; int8 time / NF4 time - 1 = {iv.estimate:+.3f} "
                     f"[{iv.ci_low:+.3f}, {iv.ci_high:+.3f}] over {iv.n} prompt batches",
-                    iv, size=size, sources=(r["path"],), **origin))
+                    iv, size=size, sources=(r["path"],),
+                    value=f"int8 time / NF4 time - 1 = {iv.estimate:+.3f}", **origin))
             else:  # a result from before per-batch times were recorded
-                out.append(_claim(text, n, size, (r["path"],), **origin))
+                out.append(_claim(text, n, size, (r["path"],),
+                                  value=f"int8 / NF4 time {int8['forward_s'] / nf4['forward_s']:.2f}",
+                                  **origin))
     return out
 
 
@@ -189,14 +191,14 @@ def slowdown_interval(slow: list[float], fast: list[float], *, replicates: int =
     on two copies), with a 95% percentile bootstrap over the batches; n = batches."""
     import torch
 
-    from tlatlas.stats import Interval, percentile_interval
+    from tlatlas.stats import Interval, percentile_interval, stratified_indices
 
     a = torch.tensor(slow, dtype=torch.float64)
     b = torch.tensor(fast, dtype=torch.float64)
     if a.shape != b.shape or a.numel() < 2:
         raise ValueError(f"need paired times of >= 2 batches, got {a.numel()} and {b.numel()}")
-    idx = torch.randint(0, a.numel(), (replicates, a.numel()),
-                        generator=torch.Generator().manual_seed(seed))
+    idx = stratified_indices(torch.zeros(a.numel(), dtype=torch.long), replicates,
+                             torch.Generator().manual_seed(seed))
     boot = a[idx].sum(1) / b[idx].sum(1) - 1
     lo, hi = percentile_interval(boot[:, None])
     return Interval(estimate=float(a.sum() / b.sum() - 1), ci_low=float(lo[0]),

@@ -122,6 +122,9 @@ def test_steering_quant_and_two_model_blocks_on_tiny_models(tiny_dirs, tmp_path,
     assert "95% CI [" in claims.split("amplifies steering over fp32")[1].splitlines()[0]
     speed_line = next(x for x in claims.splitlines() if "faster quantized copy" in x)
     assert "prompt batches" in speed_line and "95% CI [" in speed_line
+    # the findings row's value is on its interval's scale (ratio - 1), not the per-pass ratio
+    row = next(x for x in paths["findings"].read_text().splitlines() if "int8 is 52%" in x)
+    assert "int8 time / NF4 time - 1 = " in row and "95% CI [" in row
 
 
 def test_lora_skip_and_lockin_blocks_on_a_tiny_model(tiny_dirs, tmp_path, marks):

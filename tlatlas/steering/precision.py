@@ -126,7 +126,12 @@ def forward_times(model: LoadedModel, examples: Iterable[Example], *, batch_size
 def time_forward(model: LoadedModel, examples: Iterable[Example], *, batch_size: int = 8,
                  repeats: int = 3) -> float:
     """Median seconds of one clean forward pass over ``examples`` (after one warm-up batch)."""
-    times = forward_times(model, examples, batch_size=batch_size, repeats=repeats)
+    return pass_seconds(forward_times(model, examples, batch_size=batch_size, repeats=repeats))
+
+
+def pass_seconds(times: Float[Tensor, "repeat batch"]) -> float:
+    """Seconds of one whole pass: the median over repeats of each pass's summed batch times
+    (``times`` as :func:`forward_times` returns them)."""
     return statistics.median(times.sum(1).tolist())
 
 
