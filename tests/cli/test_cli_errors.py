@@ -218,6 +218,31 @@ def _error_line(err: str) -> str:
     return errors[0]
 
 
+def _forbid_model_loads(monkeypatch) -> None:
+    """Make every binding of ``tlatlas.models.load_model`` fail the test until it ends.
+
+    Every tlatlas module is imported first: a module imported while the patch is active
+    would bind the failing stand-in at import and keep it after the patch is undone
+    (``from tlatlas.models import load_model``), breaking later tests in the session."""
+    import importlib
+    import pkgutil
+
+    import tlatlas
+    from tlatlas import models
+
+    for info in pkgutil.walk_packages(tlatlas.__path__, "tlatlas."):
+        if info.name != "tlatlas.__main__":
+            importlib.import_module(info.name)
+    real = models.load_model
+
+    def no_model(*args, **kwargs):
+        pytest.fail("a model was loaded before the argument was checked")
+
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] == "tlatlas" and getattr(module, "load_model", None) is real:
+            monkeypatch.setattr(module, "load_model", no_model)
+
+
 @pytest.mark.parametrize(("argv", "needs", "expected"), [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
 def test_invalid_input_is_one_error_line(argv, needs, expected, tmp_path, capsys, monkeypatch,
@@ -233,10 +258,7 @@ def test_invalid_input_is_one_error_line(argv, needs, expected, tmp_path, capsys
         stem = request.getfixturevalue("atlas_stem")
         values.update(atlas=str(stem), atlas_dir=str(stem.parent))
     if needs == "none":  # the error must come before any model is loaded
-        def no_model(*args, **kwargs):
-            pytest.fail("a model was loaded before the argument was checked")
-
-        monkeypatch.setattr("tlatlas.models.load_model", no_model)
+        _forbid_model_loads(monkeypatch)
     capsys.readouterr()
     code = main(_fill(argv, **values))
     captured = capsys.readouterr()
