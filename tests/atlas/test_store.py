@@ -23,7 +23,11 @@ def test_merge_of_shards_equals_unsharded(tiny_models, tmp_path):
     merged = merge_atlases([load_atlas(tmp_path / f"s{i}") for i in (1, 0)])
     assert merged.meta.shard is None and merged.meta.n_examples == whole.meta.n_examples
     for key, value in whole.sums.tensors.items():
-        assert torch.allclose(merged.sums.tensors[key], value, atol=1e-5, rtol=1e-6), key
+        # shards batch other examples together, and fp32 kernels round by batch shape (on an
+        # AVX-512 host role.sum differed by 1.3e-5 at a largest entry of 7): equal up to 1e-5
+        # of each tensor's largest entry, far below what a lost or doubled example moves
+        scale = float(value.double().abs().nan_to_num(0).max().clamp_min(1))
+        assert torch.allclose(merged.sums.tensors[key], value, atol=1e-5 * scale, rtol=1e-6), key
     with pytest.raises(AtlasFileError, match="exactly once"):
         merge_atlases([shards[0], shards[0]])
     with pytest.raises(AtlasFileError, match="whole-suite"):
