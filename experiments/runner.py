@@ -24,6 +24,7 @@ from pathlib import Path
 from experiments.blocks import Block
 from experiments.calibration import model_params
 from experiments.context import BlockContext, suite_hash
+from experiments.host import host_info
 from experiments.provenance import outside_closure
 from experiments.records import (
     CONTEXT_MODULES,
@@ -134,9 +135,10 @@ def run_task(task: Task, root: Path, command: str,
     except Exception:  # a failing block is recorded; the others go on
         value, status, error = None, "failed", traceback.format_exc()
     fingerprints = [ctx.fingerprints[m] for m in task.models if m in ctx.fingerprints] or None
-    return make_record(task.key, task.prov, status=status, value=value, error=error,
-                       started=started, finished=time.time(), command=command,
-                       fingerprints=fingerprints)
+    record = make_record(task.key, task.prov, status=status, value=value, error=error,
+                         started=started, finished=time.time(), command=command,
+                         fingerprints=fingerprints)
+    return {**record, "host": host_info()}  # where it ran (not provenance: experiments.host)
 
 
 def register(root: Path, key: ResultKey, path: Path, status: str) -> bool:

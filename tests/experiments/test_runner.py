@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from experiment_support import REPO, cli_env, files_under, read_marks, run_cli
 
 from experiments import executors, runner
@@ -90,6 +91,10 @@ def test_failing_block_is_recorded_and_the_rest_complete(tiny_dirs, tmp_path, ma
         r = read_record(root, ResultKey(block=block, model=model, seed=42, size="smoke"))
         assert r["status"] == "ok" and r["value"]["double_seed"] == 84
         assert r["value"]["n_examples"] == 1
+        host = r["host"]  # where it ran: timings and kernel-dependent numbers belong to it
+        assert host["versions"]["torch"] == torch.__version__ and host["cpus"] >= 1
+        assert host["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert failed["host"]["cpu"]  # a failed run records it too
     lines = reg.read_lines(root)
     assert sorted((x["block"], x["status"]) for x in lines) == [
         ("t-fail", "failed"), ("t-fast-a", "ok"), ("t-fast-c", "ok")]
