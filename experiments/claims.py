@@ -106,7 +106,8 @@ def write_claims(root: Path, command: str = "python -m experiments.claims",
     texts = {kind: (Path(root) / name, render(kind, [s for s in found if s.kind == kind], command))
              for kind, name in FILES.items()}
     table = findings or findings_path(root)
-    texts["findings"] = (table, render_findings(found, command))
+    hosts = {r["path"]: r.get("host") for records in loaded[0].values() for r in records}
+    texts["findings"] = (table, render_findings(found, command, hosts))
     texts["studies"] = (table.with_name("studies-results.md"), render_studies(loaded[0], command))
     for path, text in texts.values():
         atomic_write(path, lambda p, t=text: Path(p).write_text(t))

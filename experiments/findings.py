@@ -24,10 +24,11 @@ Written by ``python -m experiments.claims`` beside claims.md (see there for wher
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from experiments.blocks.base import Statement
+from experiments.host import describe
 
 FLIP = {"supported": "contradicted", "contradicted": "supported"}
 
@@ -50,6 +51,9 @@ class OriginClaim:
     ratio judged as ``ratio - 1``: the claimed ratio minus 1), or None."""
     claimed_text: str = ""
     """That size as the origin report wrote it (``476×``), for the verdict."""
+    timed: bool = False
+    """True when the verdict rests on timings: it then belongs to the host they ran on,
+    which the row names (:func:`experiments.host.describe`)."""
 
 
 QWEN = "these machines hold SmolLM2-135M and Gemma-3-270M only (no Qwen weights)"
@@ -89,7 +93,7 @@ ORIGIN_CLAIMS: tuple[OriginClaim, ...] = (
                 "s = −4)", ("steer-quant",), claimed=475.0, claimed_text="476×",
                 see_also="docs/steering.md (a `tlatlas steer` run on SmolLM2, fp32 vs NF4)"),
     OriginClaim("nf4-vs-int8-speed", "Use NF4, not int8: int8 is 52% slower, NF4 only 9%",
-                ("quant-speed",)),
+                ("quant-speed",), timed=True),
     OriginClaim("all-layers-necessary", "All layers are necessary: every skip configuration "
                 "leaves 0% top-5 overlap", ("layer-skip",)),
     OriginClaim("c4-steering-controls", "C4 (left broken): steering beats a random-vector "
@@ -165,8 +169,13 @@ def check_origins(statements: Iterable[Statement]) -> None:
                          f"{', '.join(BY_ID)}")
 
 
-def render_findings(statements: list[Statement], command: str) -> str:
-    """The findings table (markdown) from every statement of ``experiments.claims``."""
+def render_findings(statements: list[Statement], command: str,
+                    hosts: Mapping[str, dict | None] | None = None) -> str:
+    """The findings table (markdown) from every statement of ``experiments.claims``.
+
+    ``hosts`` maps a result file (as statements cite it) to its record's ``host``; a row
+    whose claim is :attr:`OriginClaim.timed` names the hosts of its files ("host not
+    recorded" for a file missing from it or without one)."""
     check_origins(statements)
     threats = [s for s in statements if s.kind == "threat"]
     by: dict[str, dict[str, list[Statement]]] = defaultdict(lambda: defaultdict(list))
@@ -199,6 +208,9 @@ def render_findings(statements: list[Statement], command: str) -> str:
                 verdict += f" (the claimed {c.claimed_text} lies above every interval)"
             if c.untestable:
                 verdict = f"not testable here: {c.untestable} (measured: {verdict})"
+            if c.timed:
+                on = dict.fromkeys(describe((hosts or {}).get(p)) for s in items for p in s.sources)
+                verdict += f"; timed on {' and '.join(on)}: timings belong to their host"
             sources = {p for s in items for p in s.sources}
             n_threats = sum(1 for t in threats if sources & set(t.sources))
             if n_threats:

@@ -70,3 +70,18 @@ def host_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in LIBRARIES},
     }
+
+
+def describe(host: dict[str, Any] | None) -> str:
+    """A record's ``host`` in a few words (``Intel(R) Xeon(R) Processor, 2 CPUs, AVX512``;
+    the CUDA device where there was one), or what to say where the record has none."""
+    if not host:
+        return "an unrecorded host (a result older than experiments.host)"
+    parts = [str(host.get("cpu") or host.get("machine") or "unknown CPU")]
+    if host.get("cpus"):
+        parts.append(f"{host['cpus']} CPUs")
+    if host.get("cpu_capability"):
+        parts.append(str(host["cpu_capability"]))
+    if host.get("cuda_device"):
+        parts.append(f"CUDA {host['cuda_device']}")
+    return ", ".join(parts)

@@ -78,3 +78,18 @@ def test_an_interval_below_the_claimed_size_contradicts_the_claim():
                       ci=(-0.01, 0.03), verdict="smoke: not evidence", origin="nf4-amplifies")
     assert relative_verdict(smoke) == "smoke: not evidence"
     assert relative_verdict(claim("nl-hub", "inconclusive")) == "inconclusive"
+
+
+def test_a_timed_claim_names_the_host_of_each_result_file():
+    speed = claim("nf4-vs-int8-speed", "supported", src="results/m/quant-speed/small-seed42.json")
+    hub = claim("nl-hub", "supported", src="results/m/nl-hub/small-seed42.json")
+    host = {"cpu": "Example CPU", "cpus": 2, "cpu_capability": "AVX512", "cuda_device": None}
+    hosts = {speed.sources[0]: host, hub.sources[0]: host}
+    rows = render_findings([speed, hub], "cmd", hosts).splitlines()
+    row = next(line for line in rows if "int8 is 52% slower" in line)
+    assert "timed on Example CPU, 2 CPUs, AVX512: timings belong to their host" in row
+    assert "Example CPU" not in next(line for line in rows if "natural-language" in line)
+    # a file without a recorded host says so, in place of a host
+    bare = next(line for line in render_findings([speed], "cmd").splitlines()
+                if "int8 is 52% slower" in line)
+    assert "timed on an unrecorded host" in bare
