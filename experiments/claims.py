@@ -27,6 +27,7 @@ from experiments.blocks import Statement, all_blocks
 from experiments.findings import render_findings
 from experiments.paths import PACKAGE_DIR, add_root_argument, root_from
 from experiments.records import RESULT_KIND, RESULTS_DIR
+from experiments.seed_threats import seed_threats
 from experiments.studies_report import render_studies
 from tlatlas.io import atomic_write
 
@@ -64,6 +65,7 @@ def statements(root: Path, loaded: tuple[dict[str, list[dict]], list[dict]] | No
     for block in all_blocks().values():
         if block.summarize is not None and results.get(block.id):
             out.extend(block.summarize(results))
+    out.extend(seed_threats(results))
     for r in failed:
         last = (r.get("error") or "").strip().splitlines()[-1:] or ["(no traceback)"]
         out.append(Statement(kind="threat", sources=(r["path"],), text=(
