@@ -14,7 +14,8 @@ checkout, wherever the command runs; see :mod:`experiments.paths`).
 Every statement comes from a block's ``summarize`` over finished result records and cites
 the result files its numbers come from; a file is written even when it has no statement,
 saying so, so a stale statement never survives a regeneration. Failed results become
-threats that cite the failed record.
+threats that cite the failed record, and so does a decisive LoRA comparison that one
+training seed contradicts (:mod:`experiments.seed_threats`).
 """
 
 import argparse

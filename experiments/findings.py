@@ -17,7 +17,8 @@ statements per claim and model into one table. A model's verdict on a claim:
   question (is there *any* effect?) is inconclusive: an amplification of 1.01 [0.99, 1.03]
   does not show whether NF4 amplifies at all, but it does show that it does not amplify 476×;
 - a verdict counts the threats (``threats.md``) that cite the same result files, so a reader
-  knows when to read them before trusting it.
+  knows when to read them before trusting it;
+- a claim about timings (``timed``) names the host its result files were timed on.
 
 Written by ``python -m experiments.claims`` beside claims.md (see there for where).
 """
@@ -174,8 +175,8 @@ def render_findings(statements: list[Statement], command: str,
     """The findings table (markdown) from every statement of ``experiments.claims``.
 
     ``hosts`` maps a result file (as statements cite it) to its record's ``host``; a row
-    whose claim is :attr:`OriginClaim.timed` names the hosts of its files ("host not
-    recorded" for a file missing from it or without one)."""
+    whose claim is :attr:`OriginClaim.timed` names the hosts of its files ("an unrecorded
+    host" for a file missing from it or without one)."""
     check_origins(statements)
     threats = [s for s in statements if s.kind == "threat"]
     by: dict[str, dict[str, list[Statement]]] = defaultdict(lambda: defaultdict(list))
