@@ -50,7 +50,8 @@ def test_agreeing_seeds_inconclusive_intervals_and_smoke_give_no_threat():
     smoke = module_sweep({"o": {1: 0.1, 2: 0.5}, "qkv": {1: 0.9, 2: 0.4}}, (0.3, 0.1, 0.5),
                          size="smoke")
     assert seed_threats({"module-sweep": [smoke]}) == []
-    one_seed = module_sweep({"o": {1: 0.1}, "qkv": {1: 0.9}}, (0.3, 0.1, 0.5))
+    # one training seed: no second seed to disagree with, even against the pooled sign
+    one_seed = module_sweep({"o": {1: 0.1}, "qkv": {1: 0.9}}, (-0.3, -0.5, -0.1))
     assert seed_threats({"module-sweep": [one_seed]}) == []
 
 
