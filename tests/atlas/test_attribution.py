@@ -287,3 +287,71 @@ def test_bound_bounds_the_first_order_term(tiny_models, suite):
     assert (bound[DLOGP] > fo.abs() + 1e-3).any()  # and not equal to it
     with pytest.raises(ValueError, match="steps"):
         Estimator(method="bound", steps=2)
+
+
+# --------------------------------------------------------------------------- second order
+
+
+def _moved(ctx, eps):
+    """``ctx`` with every replacement moved only ``eps`` of the way from the clean value."""
+    from dataclasses import replace
+
+    return replace(ctx, values={n: ctx.clean.acts[n].to(v.dtype) + eps * (v - ctx.clean.acts[n])
+                                for n, v in ctx.values.items()})
+
+
+def test_fisher_is_the_second_order_kl(tiny_models, suite):
+    """KL's second-order term at the clean point is 1/2 d^T F d: with every token an outcome
+    of its own, ``fisher``'s relative error against the exact KL shrinks in proportion to
+    the size of the ablation (the third-order remainder), on both maps."""
+    from tlatlas.atlas.estimators import Estimator, estimate_effects
+    from tlatlas.atlas.sweep import layer_effects, position_effects
+
+    model = tiny_models["llama"]
+    ctx, layers = _ablation_ctx(model, suite)
+    full = Estimator(method="fisher", outcomes=model.fingerprint.d_vocab - 1)
+    errors = {}
+    for eps in (0.4, 0.1, 0.025):
+        moved = _moved(ctx, eps)
+        exact_l = layer_effects(moved, layers, "exact")[KL].double()
+        exact_p = position_effects(moved, layers, "exact", chunk=8)[KL].double()
+        est_l, est_p = estimate_effects(moved, layers, full, positions=True)
+        real = ~torch.isnan(exact_p)
+        assert torch.equal(real, ~torch.isnan(est_p[KL]))
+        exact = torch.cat([exact_l.flatten(), exact_p[real]])
+        est = torch.cat([est_l[KL].double().flatten(), est_p[KL].double()[real]])
+        big = exact > exact.max() * 1e-2  # relative error where the KL is not round-off
+        errors[eps] = ((est[big] - exact[big]).abs() / exact[big]).median().item()
+    assert errors[0.025] < errors[0.1] < errors[0.4]
+    assert errors[0.025] < 0.05 and errors[0.025] < errors[0.4] / 8
+
+
+def test_fisher_bound_and_coarse_outcomes_order_the_estimates(tiny_models, suite):
+    """0 <= fisher(2 outcomes) <= fisher(every token) (coarsening the output distribution
+    loses Fisher information) and fisher <= fisher_bound (|g . d| <= |g| |d|), entry by
+    entry on both maps; they fill the kl slot alone."""
+    from tlatlas.atlas.estimators import Estimator, estimate_effects
+
+    model = tiny_models["qwen2"]
+    ctx, layers = _ablation_ctx(model, suite)
+    real = ctx.batch.roles != -1
+    vocab = model.fingerprint.d_vocab
+    runs = {name: estimate_effects(ctx, layers, Estimator(method=method, outcomes=n),
+                                   positions=True)
+            for name, method, n in [("coarse", "fisher", 2), ("full", "fisher", vocab - 1),
+                                    ("bound", "fisher_bound", vocab - 1)]}
+    lay = {k: v[0][KL] for k, v in runs.items()}
+    pos = {k: v[1][KL][:, :, real] for k, v in runs.items()}
+    for m in (lay, pos):
+        assert (m["coarse"] >= 0).all()
+        assert (m["coarse"] <= m["full"] * (1 + 1e-4) + 1e-7).all()
+        assert (m["full"] <= m["bound"] * (1 + 1e-4) + 1e-7).all()
+        assert (m["coarse"] < m["full"] * 0.99).any() and (m["full"] < m["bound"] * 0.99).any()
+    for layer_e, pos_e in runs.values():
+        assert torch.isnan(layer_e[[DLOGP, ACC]]).all() and torch.isnan(pos_e[[DLOGP, ACC]]).all()
+    with pytest.raises(ValueError, match="outcomes"):
+        Estimator(method="fisher", outcomes=0)
+    with pytest.raises(ValueError, match="steps"):
+        Estimator(method="fisher_bound", steps=2)
+    est = Estimator(method="fisher_bound", outcomes=3)
+    assert Estimator.from_dict(est.to_dict()) == est and est.metrics == ("kl",)

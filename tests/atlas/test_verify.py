@@ -237,14 +237,18 @@ def test_verify_with_k_all_equals_exact_map(tiny_models, examples, ablation):
     assert torch.equal(t["offset.verified"], t["offset.count"].expand_as(t["offset.verified"]))
 
 
-def test_verified_entries_are_exact_and_the_rest_are_marked(tiny_models, examples, tmp_path):
+@pytest.mark.parametrize("estimator", [None, Estimator(method="fisher_bound")])
+def test_verified_entries_are_exact_and_the_rest_are_marked(tiny_models, examples, tmp_path,
+                                                            estimator):
     model = tiny_models["llama"]
     config = AtlasConfig(positions=True, max_offset=8, batch_size=4, position_chunk=8)
     exact = compute_atlas_sums(model, examples, config)
     kept = {}
     # screen=0: the layer map in the estimate's order (the path without a screen)
+    chosen = {} if estimator is None else {"estimator": estimator}
     sums, record = verify_sums(model, examples, config,
-                               VerifyConfig(top_k=1, patience=1, screen=0), on_positions=lambda uids, v, ver: kept.update(
+                               VerifyConfig(top_k=1, patience=1, screen=0, **chosen),
+                               on_positions=lambda uids, v, ver: kept.update(
                                    {u: (v[..., i, :], ver[..., i, :]) for i, u in enumerate(uids)}))
     t = sums.tensors
     vmask = t["layer.verified"] >= t["count"]  # [component layer family]
@@ -254,9 +258,11 @@ def test_verified_entries_are_exact_and_the_rest_are_marked(tiny_models, example
     v = vmask[None].expand_as(t["layer.sum"])
     torch.testing.assert_close(t["layer.sum"][v], exact.tensors["layer.sum"][v],
                                rtol=1e-4, atol=1e-4)
-    # unverified entries hold the estimate, with no accuracy estimate
+    # unverified entries hold the estimate (bound: a dlogp-slot score; fisher_bound: kl
+    # alone), with no accuracy estimate
     est = t["layer.estimate"]
-    torch.testing.assert_close(t["layer.sum"][DLOGP][~vmask], est[DLOGP][~vmask])
+    filled = KL if estimator is not None else DLOGP
+    torch.testing.assert_close(t["layer.sum"][filled][~vmask], est[filled][~vmask])
     assert torch.isnan(t["layer.sum"][ACC][~vmask]).all()
     # verified cells equal the exact position map, per example
     ctx_pos = {}
@@ -288,7 +294,8 @@ def test_verified_entries_are_exact_and_the_rest_are_marked(tiny_models, example
     assert loaded.meta.estimate["rule"].startswith("verify in order")
     # unverified entries hold the estimator's values, and show says what they are
     assert loaded.meta.estimate["filled_by"] == "estimator"
-    assert "magnitude" in exactness(loaded)["estimated"]  # bound gives scores, not dlogp
+    assert ("second-order" if estimator is not None else "magnitude") \
+        in exactness(loaded)["estimated"]  # bound gives scores, not dlogp
 
 
 def test_a_positions_run_screens_only_when_the_screen_is_a_small_share(tiny_models, examples):

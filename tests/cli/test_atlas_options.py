@@ -61,6 +61,7 @@ def test_format_bytes():
 
 def test_choices_and_defaults_match_the_library():
     from tlatlas.atlas.config import AtlasConfig
+    from tlatlas.atlas.estimate_spec import ONE_POINT_METHODS
     from tlatlas.atlas.estimators import ESTIMATOR_METHODS, FIRST_ORDER
     from tlatlas.atlas.pipeline import METHODS, build_atlas
     from tlatlas.atlas.verify import VerifyConfig
@@ -77,7 +78,7 @@ def test_choices_and_defaults_match_the_library():
 
     assert tuple(METHOD_CHOICES) == METHODS
     assert set(ESTIMATOR_CHOICES) == {FIRST_ORDER.name, *ESTIMATOR_METHODS}
-    assert set(FIRST_ORDER_ESTIMATORS) == {"first_order", "bound", "graddrop"}
+    assert set(FIRST_ORDER_ESTIMATORS) == {"first_order", *ONE_POINT_METHODS}
     assert tuple(DTYPE_CHOICES) == tuple(DTYPES)
     assert DEFAULT_TOP_K == VerifyConfig().top_k == \
         inspect.signature(build_atlas).parameters["top_k"].default
@@ -217,6 +218,34 @@ def test_attribution_with_a_path_estimator(tiny_dirs, tmp_path, capsys):
     assert meta.estimate["estimator"] == {"method": "ig_joint", "steps": 2, "name": "ig_joint"}
     assert "values: all estimated, none exact" in out
     assert "metric kl" in out  # a path of two points estimates KL too
+
+
+def test_attribution_with_the_fisher_estimate_shows_kl(tiny_dirs, tmp_path, capsys):
+    """``fisher`` estimates KL alone: the file says so, Delta-logp stays NaN, and the maps
+    (show, the report, position maps) show KL, where other attribution atlases show dlogp."""
+    from tlatlas.atlas.estimate_spec import shown_metric
+    from tlatlas.atlas.store import load_atlas
+    from tlatlas.metrics import METRICS
+
+    capsys.readouterr()
+    assert main(_atlas(tiny_dirs["llama"], tmp_path, "--batch-size", "3", "--method",
+                       "attribution", "--estimator", "fisher")) == 0
+    out = capsys.readouterr().out
+    atlas = load_atlas(tmp_path / "seed42")
+    assert atlas.meta.estimate["estimator"] == {"method": "fisher", "steps": 1,
+                                                "name": "fisher", "outcomes": 8}
+    layer = atlas.sums.tensors["layer.sum"]
+    assert torch.isfinite(layer[METRICS.index("kl")]).all()
+    assert (layer[METRICS.index("kl")] >= 0).all()
+    assert torch.isnan(layer[METRICS.index("dlogp")]).all()
+    assert "metric kl" in out and "second-order estimate of kl" in out
+    assert shown_metric("attribution", atlas.meta.estimate) == "kl"
+    assert shown_metric("attribution", {"estimator": {"method": "bound"}}) == "dlogp"
+    assert shown_metric("verify", atlas.meta.estimate) == "kl"
+    capsys.readouterr()
+    assert main(_atlas(tiny_dirs["llama"], tmp_path / "x", "--method", "attribution",
+                       "--estimator", "fisher", "--steps", "2")) != 0
+    assert "takes one point" in capsys.readouterr().err
 
 
 def test_components_block_computes_the_block_only(tiny_dirs, tmp_path, capsys):

@@ -309,7 +309,7 @@ def _with_slots(e: Tensor, estimated: Sequence[str]) -> Tensor:
     """Slots not estimated set to 0 where the entry is real, so ``accumulate`` counts it
     (it reads validity from the kl slot); they are NaN-ed after the sweep."""
     out = e.clone()
-    real = ~torch.isnan(e[_DLOGP])
+    real = ~torch.isnan(e).all(0)  # estimated in some metric
     for m, metric in enumerate(METRICS):
         if metric not in estimated:
             out[m] = torch.where(real, 0.0, float("nan"))

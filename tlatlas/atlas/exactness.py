@@ -49,10 +49,15 @@ def exactness(atlas, component: str = "block") -> dict:
 
 def _estimated_values(estimator: dict | None) -> str:
     """What an estimated entry holds, for an estimator's record (method, steps, name)."""
-    from tlatlas.atlas.estimate_spec import MAGNITUDE_METHODS
+    from tlatlas.atlas.estimate_spec import FISHER_METHODS, MAGNITUDE_METHODS
 
     if not estimator:
         return "the estimate"
+    if estimator["method"] in FISHER_METHODS:
+        kind = "an upper bound on" if estimator["method"] == "fisher_bound" else ""
+        return (f"{estimator['name']} ({estimator.get('outcomes', '?')} outcomes): "
+                f"{kind + ' ' if kind else ''}the second-order estimate of kl; dlogp and "
+                "acc_drop NaN")
     if estimator["method"] in MAGNITUDE_METHODS:
         return (f"{estimator['name']}: a magnitude score in the dlogp slot (not a signed "
                 "dlogp); kl and acc_drop NaN")

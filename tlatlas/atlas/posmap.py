@@ -22,6 +22,7 @@ from torch import Tensor
 from tlatlas.atlas.ablation import AblationKind, RoleStats
 from tlatlas.atlas.config import POS_COMPONENTS, AtlasConfig, Method, atlas_hook_names
 from tlatlas.atlas.engine import clean_batches
+from tlatlas.atlas.estimate_spec import shown_metric
 from tlatlas.atlas.sweep import ablation_batch, position_effects
 from tlatlas.errors import InvalidInputError
 from tlatlas.metrics import METRICS
@@ -244,7 +245,7 @@ def atlas_position_maps(
                           per_family=reference_per_family, families=families)
         value_hooks, _ = atlas_hook_names(swept, positions=True)
         means = reference_stats(model, list(ref), value_hooks)
-    metric = "dlogp" if meta.method == "attribution" else "kl"
+    metric = shown_metric(meta.method, meta.estimate)
     return position_maps(model, examples, layers=swept, ablation=meta.ablation, metric=metric,
                          means=means, on_batch=on_batch)
 

@@ -191,6 +191,12 @@ def verified_top_k(exact: Float[Tensor, " entry"], verified: Bool[Tensor, " entr
     return torch.sort(score, descending=True, stable=True).indices[:k]
 
 
+def has_estimate(est: Float[Tensor, "metric ..."]) -> Bool[Tensor, "..."]:
+    """Where an estimate has a value (in some metric: which ones depends on the estimator;
+    NaN in every metric at pads)."""
+    return ~torch.isnan(est).all(0)
+
+
 def rank_scores(est: Float[Tensor, "metric ..."], rank_metric: str) -> Tensor:
     """What entries are ranked by: the estimate of ``dlogp`` (signed) or ``|KL|`` (a
     few-point path integral of KL can come out negative; the exact KL cannot), and
@@ -220,7 +226,7 @@ def verify_positions(ctx: AblationBatch, layers: Sequence[int],
     values = estimate.clone()
     verified = torch.zeros(score.shape, dtype=torch.bool)
     n_p, n_l, b, width = score.shape
-    valid = ~torch.isnan(estimate[METRICS.index("dlogp")])
+    valid = has_estimate(estimate)
     flat = torch.where(valid, score.nan_to_num(nan=-torch.inf), -torch.inf)
     # one ranking per (pcomp, row); entry id = flat index into [pcomp layer batch pos].
     # The scored position's cells go first (verified up front: a one-token suffix each).
@@ -337,10 +343,11 @@ def verify_layers(model: LoadedModel, examples: Sequence[Example], config: Atlas
 
 
 def _filled(e: Tensor, estimated: Sequence[str]) -> Tensor:
-    """``e`` with metrics not estimated set to 0 where the entry is real (``dlogp`` not NaN)
-    but has no value, so that ``sums.accumulate`` counts it; NaN-ed again afterwards."""
+    """``e`` with metrics not estimated set to 0 where the entry is real (see
+    :func:`has_estimate`) but has no value, so that ``sums.accumulate`` counts it; NaN-ed
+    again afterwards."""
     out = e.clone()
-    valid = ~torch.isnan(e[METRICS.index("dlogp")])
+    valid = has_estimate(e)
     for i, metric in enumerate(METRICS):
         if metric not in estimated:
             out[i] = torch.where(valid & torch.isnan(e[i]), 0.0, e[i])
@@ -415,7 +422,7 @@ def verify_sums(
             t0 = time.perf_counter()
             values, ver = verify_positions(ctx, layers, pos_e, verify)
             timings["verify_positions"] += time.perf_counter() - t0
-            real = ~torch.isnan(pos_e[METRICS.index("dlogp")])
+            real = has_estimate(pos_e)
             n_cells += int(real.sum())
             n_verified += int(ver.sum())
             accumulate(est_pos, cb.batch, cb.clean, _filled(layer_e, est.metrics),

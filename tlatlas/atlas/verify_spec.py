@@ -98,7 +98,11 @@ class VerifyConfig:
             raise InvalidInputError(f"rank_metric must be kl or dlogp, not {self.rank_metric!r}")
         if self.estimator.method == "ig" and self.estimator.steps > 1:
             raise InvalidInputError("verify needs an estimate cheaper than the exact map: "
-                                    "use bound, ig_joint, graddrop or first order, not ig")
+                                    "use bound, fisher_bound, fisher, ig_joint, graddrop or "
+                                    "first order, not ig")
+        if self.rank_metric == "dlogp" and "dlogp" not in self.estimator.metrics:
+            raise InvalidInputError(f"{self.estimator.name} estimates {', '.join(self.estimator.metrics)}"
+                                    " only: rank by kl")
         if self.screen < 0:
             raise InvalidInputError(f"screen must be >= 0 examples per family (0: order by the "
                                     f"estimate), got {self.screen}")

@@ -31,9 +31,9 @@ ESTIMATED = ("attribution", "verify")
 COMPONENT_CHOICES = ("attn", "mlp", "block")
 """tlatlas.atlas.config.COMPONENTS (the parser does not import torch; a test checks)."""
 """The methods that rank or fill entries by an estimate (--estimator, --steps)."""
-ESTIMATOR_CHOICES = ["first_order", "bound", "graddrop", "ig_joint", "ig"]
+ESTIMATOR_CHOICES = ["first_order", "bound", "fisher_bound", "fisher", "graddrop", "ig_joint", "ig"]
 """tlatlas.atlas.estimators.ESTIMATOR_METHODS, and first_order (ig_joint with one point)."""
-FIRST_ORDER_ESTIMATORS = ("first_order", "bound", "graddrop")
+FIRST_ORDER_ESTIMATORS = ("first_order", "bound", "fisher_bound", "fisher", "graddrop")
 """Estimators of one point: --steps does not apply."""
 DEFAULT_TOP_K = 5
 """VerifyConfig's (and build_atlas's) default top_k."""
@@ -72,6 +72,7 @@ def _atlas(args: argparse.Namespace, dist) -> int:
 
     from tlatlas.atlas.config import AtlasConfig
     from tlatlas.atlas.distributed import collective_step
+    from tlatlas.atlas.estimate_spec import shown_metric
     from tlatlas.atlas.exactness import exactness, exactness_line
     from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
     from tlatlas.atlas.store import save_atlas
@@ -115,7 +116,7 @@ def _atlas(args: argparse.Namespace, dist) -> int:
                   disable=not primary) as bar, warnings_as_lines(MemoryBackoffWarning):
             atlas = build_atlas(model, spec, config, method=args.method, command=command,
                                 on_batch=bar.update, dist=dist, **estimate)
-        metric = table_metric(atlas.meta.method, atlas.meta.estimate)
+        metric = shown_metric(atlas.meta.method, atlas.meta.estimate)
         stem = out / (f"seed{seed}" + (f".shard{shard[0]}of{shard[1]}" if shard else ""))
         with collective_step(dist, "writing the atlas"):  # every rank learns if it failed
             paths = save_atlas(atlas, stem) if primary else None
@@ -241,15 +242,6 @@ def _load_model(source: str, dist, dtype: str | None = None):
     return model
 
 
-def table_metric(method: str, estimate: dict, asked: str = "kl") -> str:
-    """The metric a table shows: an attribution atlas has KL only where its estimator
-    estimates it (a path of two or more points); otherwise dlogp."""
-    if method == "attribution" and asked == "kl" and estimate.get("estimator", {}).get(
-            "steps", 1) < 2:
-        return "dlogp"
-    return asked
-
-
 def table_entry(atlas, *, component: str = "block", **kwargs) -> dict:
     """One seed's row of the hub table and of ``show --json``: :func:`seed_entry` (keyword
     arguments as there) and ``values``: which values are exact (:func:`exactness`)."""
@@ -263,6 +255,7 @@ def table_entry(atlas, *, component: str = "block", **kwargs) -> dict:
 def cmd_show(args: argparse.Namespace) -> int:
     import json
 
+    from tlatlas.atlas.estimate_spec import shown_metric
     from tlatlas.atlas.exactness import exactness_line
     from tlatlas.atlas.store import find_atlases, load_atlas
 
@@ -274,7 +267,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not whole:
         fail(f"only shards in {args.dir}: run `tlatlas merge` first")
     m = whole[0].meta
-    metric = table_metric(m.method, m.estimate, args.metric)
+    metric = shown_metric(m.method, m.estimate, args.metric)
     rows = [table_entry(a, metric=metric, component=args.component, families=args.families,
                         replicates=args.replicates) for a in whole]
     if args.json:
@@ -331,6 +324,8 @@ def register(sub) -> None:
     p.add_argument("--estimator", choices=ESTIMATOR_CHOICES, default=None,
                    help="attribution and verify: what estimates each entry. first_order "
                         "(attribution patching), bound (|r - a| |grad|, a magnitude), "
+                        "fisher (second-order KL at the clean point over the 8 likeliest "
+                        "tokens and the rest), fisher_bound (its bound by |r - a| |grad|), "
                         "graddrop (AtP*), ig_joint (integrated gradients on one shared "
                         "path), ig (each entry's own path; attribution's layer map only); "
                         "ig_joint and ig need --steps (default: bound for verify; for "

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tlatlas import __version__
+from tlatlas.atlas.estimate_spec import shown_metric
 from tlatlas.atlas.store import Atlas, load_atlas
 from tlatlas.errors import TlatlasError
 from tlatlas.io import atomic_write
@@ -183,7 +184,7 @@ def atlas_sections(atlases: Sequence[Atlas], *, position_maps: Sequence = (),
     whole = sorted((a for a in atlases if a.meta.shard is None), key=lambda a: a.meta.seed)
     if not whole:
         raise ReportError("only atlas shards here: run `tlatlas merge` first")
-    metric = "dlogp" if whole[0].meta.method == "attribution" else "kl"
+    metric = shown_metric(whole[0].meta.method, whole[0].meta.estimate)
     sections = []
     summaries = [hub_summary(a.sums, metric=metric) for a in whole]
     first = whole[0]
