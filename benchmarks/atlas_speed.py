@@ -125,7 +125,8 @@ def tl_patching_position_map(model, examples, batch_size):
     return out
 
 
-ESTIMATORS = ("first_order:1", "bound:1", "ig_joint:2", "ig_joint:4", "graddrop:1", "ig:2")
+ESTIMATORS = ("first_order:1", "bound:1", "fisher:1", "fisher_bound:1", "ig_joint:2",
+              "ig_joint:4", "graddrop:1", "ig:2")
 POS_HOOKS = ("hook_attn_out", "hook_mlp_out", "hook_resid_post")
 
 
@@ -160,7 +161,7 @@ def swept_cells(model, examples, config, means, estimator=None):
             accumulate(sums, cb.batch, cb.clean, le, pe, ctx.uids)
         else:
             le, pe = estimate_effects(ctx, layers, estimator, positions=True)
-            real = ~torch.isnan(pe[METRICS.index("dlogp")])
+            real = ~torch.isnan(pe).all(0)  # estimated in some metric
             filled = torch.where(real & torch.isnan(pe), 0.0, pe)  # accumulate reads kl
             accumulate(sums, cb.batch, cb.clean, le, filled, ctx.uids)
         for i, ex in enumerate(cb.examples):
@@ -172,6 +173,14 @@ def swept_cells(model, examples, config, means, estimator=None):
                 for key in ("role.sum", "offset.sum"):
                     sums.tensors[key][m] = float("nan")
     return sums, cells
+
+
+def agreement(est, exact):
+    """Spearman of an estimate with the exact values; None where it estimates none of them
+    (``fisher`` gives no Delta-logp)."""
+    from tlatlas.stats import spearman
+
+    return None if torch.isnan(est).all() else spearman(est, exact)
 
 
 def cell_vector(cells, uids, fn):
@@ -358,13 +367,13 @@ def bench(model, model_name, ablation, args, log) -> dict:
                 (sums, cells), t_est, _ = timed(
                     partial(swept_cells, model, examples, config, means, est), dev)
                 entry["spearman_position"] = {
-                    "dlogp": spearman(cell_vector(cells, uids, lambda c: c[dlogp]),
-                                      cell_vector(exact_cells, uids, lambda c: c[dlogp])),
+                    "dlogp": agreement(cell_vector(cells, uids, lambda c: c[dlogp]),
+                                       cell_vector(exact_cells, uids, lambda c: c[dlogp])),
                     "kl": spearman(cell_vector(cells, uids, lambda c: score_of(c, kl, dlogp)),
                                    cell_vector(exact_cells, uids, lambda c: c[kl]))}
                 r_est = per_example(sums, "role")
                 entry["spearman_position_roles"] = {
-                    "dlogp": spearman(r_est[dlogp], e[dlogp]),
+                    "dlogp": agreement(r_est[dlogp], e[dlogp]),
                     "kl": spearman(score_of(r_est, kl, dlogp), e[kl])}
             else:
                 sums, t_est, _ = timed(partial(
@@ -372,12 +381,13 @@ def bench(model, model_name, ablation, args, log) -> dict:
                     batch_size=args.batch_size, families=exact.families, estimator=est,
                     positions_ablated=config.positions_ablated), dev)
                 l_est = per_example(sums, "layer")
-                entry["spearman_layer"] = {"dlogp": spearman(l_est[dlogp], e[dlogp]),
+                entry["spearman_layer"] = {"dlogp": agreement(l_est[dlogp], e[dlogp]),
                                            "kl": spearman(score_of(l_est, kl, dlogp), e[kl])}
             entry["seconds"][name] = t_est
             sp = entry["spearman_position" if positions else "spearman_layer"]
-            log(f"  estimate {spec:14} {t_est:8.1f} s  Spearman vs exact: dlogp "
-                f"{sp['dlogp']:6.3f}, KL {sp['kl']:6.3f}")
+            dl = "     –" if sp["dlogp"] is None else f"{sp['dlogp']:6.3f}"
+            log(f"  estimate {spec:14} {t_est:8.1f} s  Spearman vs exact: dlogp {dl}, "
+                f"KL {sp['kl']:6.3f}")
 
         # ---- estimate, then verify
         kept = {}

@@ -1,13 +1,14 @@
 """Which order and rule should verify use on the position map? Replayed on saved cells.
 
     python benchmarks/verify_positions_replay.py dump --model M --ablation A \
-        --families factual ioi induction --per-family 4 --out CELLS.pt
+        --families factual ioi induction --per-family 4 --out CELLS.pt [--add]
     python benchmarks/verify_positions_replay.py replay CELLS.pt [CELLS.pt ...] \
         [--orders bound bound-nofront first_order] [--patience 10 5]
 
 ``dump`` computes, for every example, the exact position map (every cell [pcomp layer
 position], the exact fast path) and the cheap estimates of it (``bound``, first order),
-and saves them with the model's layer count; ``replay`` loads no model: it runs verify's
+and saves them with the model's layer count (``--add``: into an existing dump of the same
+prompts, adding the estimates it lacks, the exact map kept); ``replay`` loads no model: it runs verify's
 rule (:func:`tlatlas.atlas.verify.settle`) on each (example, component) ranking in each
 order, reading a verified cell's exact KL from the dump, and reports per order and rule:
 cells verified, recall of the exact top ``k`` (the share of the exact top-``k`` cells
@@ -54,9 +55,16 @@ def dump(args) -> None:
     config = AtlasConfig(ablation=args.ablation, batch_size=args.batch_size, positions=True)
     out = {"model": args.model, "ablation": args.ablation, "n_layers": model.n_layers,
            "uids": [ex.uid for ex in examples], "families": [ex.family for ex in examples]}
-    _, out["exact"] = swept_cells(model, examples, config, means)
+    if args.add:
+        old = torch.load(args.out)
+        if {k: old[k] for k in out} != out:
+            raise SystemExit(f"{args.out} holds other prompts, another model or ablation")
+        out = old
+    else:
+        _, out["exact"] = swept_cells(model, examples, config, means)
     for spec in args.estimators:
-        _, out[spec] = swept_cells(model, examples, config, means, parse_estimator(spec))
+        if spec not in out:
+            _, out[spec] = swept_cells(model, examples, config, means, parse_estimator(spec))
     torch.save(out, args.out)
 
 
@@ -118,6 +126,7 @@ def replay(args) -> None:
     for path in args.cells:
         d = torch.load(path)
         n = len(d["uids"])
+        print(f"# {path}")
         for order_name in args.orders:
             est, _, mode = order_name.partition("-")
             front = mode != "nofront"
@@ -172,12 +181,16 @@ def main() -> None:
     d.add_argument("--per-family", type=int, default=4)
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--batch-size", type=int, default=8)
-    d.add_argument("--estimators", nargs="+", default=["bound:1", "first_order:1"])
+    d.add_argument("--estimators", nargs="+",
+                   default=["bound:1", "first_order:1", "fisher:1", "fisher_bound:1"])
+    d.add_argument("--add", action="store_true",
+                   help="add the estimates --out lacks to it (same prompts; exact map kept)")
     d.add_argument("--threads", type=int, default=None)
     d.add_argument("--out", required=True)
     r = sub.add_parser("replay")
     r.add_argument("cells", nargs="+")
-    r.add_argument("--orders", nargs="+", default=["bound", "bound-nofront", "first_order"])
+    r.add_argument("--orders", nargs="+",
+                   default=["bound", "bound-nofront", "first_order", "fisher", "fisher_bound"])
     r.add_argument("--patience", type=int, nargs="+", default=[10, 5])
     r.add_argument("--top-k", type=int, default=5)
     r.add_argument("--misses", action="store_true",
