@@ -143,7 +143,7 @@ def swept_cells(model, examples, config, means, estimator=None):
     """The exact map (estimator None) or an estimate, through the engine, keeping every
     example's position cells: ``(sums, uid -> [metric pcomp layer pos])``."""
     from tlatlas.atlas.engine import clean_batches
-    from tlatlas.atlas.estimators import estimate_effects, estimate_hooks
+    from tlatlas.atlas.estimators import counted, estimate_effects, estimate_hooks
     from tlatlas.atlas.sums import AtlasSums, accumulate
     from tlatlas.atlas.sweep import ablation_batch, layer_effects, position_effects
     from tlatlas.metrics import METRICS
@@ -161,9 +161,7 @@ def swept_cells(model, examples, config, means, estimator=None):
             accumulate(sums, cb.batch, cb.clean, le, pe, ctx.uids)
         else:
             le, pe = estimate_effects(ctx, layers, estimator, positions=True)
-            real = ~torch.isnan(pe).all(0)  # estimated in some metric
-            filled = torch.where(real & torch.isnan(pe), 0.0, pe)  # accumulate reads kl
-            accumulate(sums, cb.batch, cb.clean, le, filled, ctx.uids)
+            accumulate(sums, cb.batch, cb.clean, le, counted(pe, estimator.metrics), ctx.uids)
         for i, ex in enumerate(cb.examples):
             cells[ex.uid] = pe[..., i, :]
     sums = sums.finished()

@@ -56,7 +56,7 @@ from tlatlas.atlas.ablation import (
 )
 from tlatlas.atlas.config import COMPONENT_HOOKS, COMPONENTS, POS_COMPONENTS, AtlasConfig
 from tlatlas.atlas.engine import clean_batches, encoded_batches
-from tlatlas.atlas.estimators import Estimator, estimate_effects, estimate_hooks
+from tlatlas.atlas.estimators import Estimator, counted, estimate_effects, estimate_hooks
 from tlatlas.atlas.sums import AtlasSums, accumulate
 from tlatlas.atlas.sweep import ablation_batch
 from tlatlas.errors import InvalidInputError, UnknownNameError
@@ -289,8 +289,8 @@ def _estimated_sums(model: LoadedModel, examples: Sequence[Example], estimator: 
     for cb in clean_batches(model, examples, cached, batch_size=batch_size):
         ctx = ablation_batch(model, cb, config, means, layers, hooks)
         layer_e, pos_e = estimate_effects(ctx, layers, estimator, positions=positions)
-        accumulate(sums, cb.batch, cb.clean, _with_slots(layer_e, estimated),
-                   None if pos_e is None else _with_slots(pos_e, estimated),
+        accumulate(sums, cb.batch, cb.clean, counted(layer_e, estimated),
+                   None if pos_e is None else counted(pos_e, estimated),
                    [ex.uid for ex in cb.examples])
         if on_batch is not None:
             on_batch(len(cb.batch))
@@ -304,13 +304,3 @@ def _estimated_sums(model: LoadedModel, examples: Sequence[Example], estimator: 
                     sums.tensors[key][m] = float("nan")
     return sums
 
-
-def _with_slots(e: Tensor, estimated: Sequence[str]) -> Tensor:
-    """Slots not estimated set to 0 where the entry is real, so ``accumulate`` counts it
-    (it reads validity from the kl slot); they are NaN-ed after the sweep."""
-    out = e.clone()
-    real = ~torch.isnan(e).all(0)  # estimated in some metric
-    for m, metric in enumerate(METRICS):
-        if metric not in estimated:
-            out[m] = torch.where(real, 0.0, float("nan"))
-    return out

@@ -474,6 +474,25 @@ def estimate_effects(ctx: AblationBatch, layers: Sequence[int], estimator: Estim
     return layer_e, pos_e
 
 
+def has_estimate(est: Float[Tensor, "metric ..."]) -> Bool[Tensor, "..."]:
+    """Where an estimate has a value (in some metric: which ones depends on the estimator;
+    NaN in every metric at pads)."""
+    return ~torch.isnan(est).all(0)
+
+
+def counted(e: Float[Tensor, "metric ..."], estimated: Sequence[str]) -> Tensor:
+    """``e`` with the metrics not in ``estimated`` set to 0 where the entry is real (see
+    :func:`has_estimate`) but has no value, so that ``sums.accumulate`` (which reads
+    validity from the ``kl`` slot) counts it; the caller NaNs those metrics afterwards.
+    Values there (a verified entry's exact ones) are kept."""
+    out = e.clone()
+    valid = has_estimate(e)
+    for i, metric in enumerate(METRICS):
+        if metric not in estimated:
+            out[i] = torch.where(valid & torch.isnan(e[i]), 0.0, e[i])
+    return out
+
+
 def estimate_hooks(layers: Sequence[int], positions: bool) -> tuple[list[str], list[str]]:
     """(hooks whose replacements an estimate needs, hooks its clean run must cache)."""
     hooks = (*_WRITES, "hook_resid_post") if positions else _WRITES
@@ -481,7 +500,7 @@ def estimate_hooks(layers: Sequence[int], positions: bool) -> tuple[list[str], l
     return values, values + [hook_name(layer, "hook_resid_pre") for layer in layers]
 
 
-__all__ = ["ESTIMATOR_METHODS", "FIRST_ORDER", "Estimator", "coarse_log_probs",
+__all__ = ["ESTIMATOR_METHODS", "FIRST_ORDER", "Estimator", "coarse_log_probs", "counted",
            "estimate_effects", "estimate_hooks", "fisher_grads", "forward_from_layer",
-           "graddrop_grads", "joint_path_grads",
+           "graddrop_grads", "has_estimate", "joint_path_grads",
            "node_path_layer_effects", "node_terms", "objectives"]

@@ -79,7 +79,7 @@ from tlatlas.atlas.attribution import check_attribution_kind
 from tlatlas.atlas.config import COMPONENTS, AtlasConfig
 from tlatlas.atlas.engine import clean_batches
 from tlatlas.atlas.entries import layer_entry_effects, position_cell_effects
-from tlatlas.atlas.estimators import estimate_effects, estimate_hooks
+from tlatlas.atlas.estimators import counted, estimate_effects, estimate_hooks, has_estimate
 from tlatlas.atlas.sums import AtlasSums, accumulate
 from tlatlas.atlas.sweep import (
     AblationBatch,
@@ -189,12 +189,6 @@ def verified_top_k(exact: Float[Tensor, " entry"], verified: Bool[Tensor, " entr
     score = torch.where(verified, exact.double().nan_to_num(nan=-torch.inf), -torch.inf)
     k = min(top_k, int(verified.sum()))
     return torch.sort(score, descending=True, stable=True).indices[:k]
-
-
-def has_estimate(est: Float[Tensor, "metric ..."]) -> Bool[Tensor, "..."]:
-    """Where an estimate has a value (in some metric: which ones depends on the estimator;
-    NaN in every metric at pads)."""
-    return ~torch.isnan(est).all(0)
 
 
 def rank_scores(est: Float[Tensor, "metric ..."], rank_metric: str) -> Tensor:
@@ -342,18 +336,6 @@ def verify_layers(model: LoadedModel, examples: Sequence[Example], config: Atlas
 # --------------------------------------------------------------------------- the atlas
 
 
-def _filled(e: Tensor, estimated: Sequence[str]) -> Tensor:
-    """``e`` with metrics not estimated set to 0 where the entry is real (see
-    :func:`has_estimate`) but has no value, so that ``sums.accumulate`` counts it; NaN-ed
-    again afterwards."""
-    out = e.clone()
-    valid = has_estimate(e)
-    for i, metric in enumerate(METRICS):
-        if metric not in estimated:
-            out[i] = torch.where(valid & torch.isnan(e[i]), 0.0, e[i])
-    return out
-
-
 def verify_sums(
     model: LoadedModel,
     examples: Sequence[Example],
@@ -425,13 +407,13 @@ def verify_sums(
             real = has_estimate(pos_e)
             n_cells += int(real.sum())
             n_verified += int(ver.sum())
-            accumulate(est_pos, cb.batch, cb.clean, _filled(layer_e, est.metrics),
-                       _filled(pos_e, est.metrics))
+            accumulate(est_pos, cb.batch, cb.clean, counted(layer_e, est.metrics),
+                       counted(pos_e, est.metrics))
             flag = torch.where(real, ver.float(), float("nan")).expand(len(METRICS), *ver.shape)
             accumulate(ver_pos, cb.batch, cb.clean, torch.zeros_like(layer_e), flag, uids)
             if on_positions is not None:
                 on_positions(uids, values, ver)
-            pos_e = _filled(values, est.metrics)
+            pos_e = counted(values, est.metrics)
         accumulate(sums, cb.batch, cb.clean, layer_e, pos_e, uids)
         if on_batch is not None:
             on_batch(len(cb.batch))
