@@ -3,10 +3,11 @@
     python benchmarks/verify_positions_replay.py dump --model M --ablation A \
         --families factual ioi induction --per-family 4 --out CELLS.pt [--add]
     python benchmarks/verify_positions_replay.py replay CELLS.pt [CELLS.pt ...] \
-        [--orders bound bound-nofront first_order] [--patience 10 5]
+        [--orders bound bound-nofront first_order fisher fisher_bound] [--patience 10 5]
 
 ``dump`` computes, for every example, the exact position map (every cell [pcomp layer
-position], the exact fast path) and the cheap estimates of it (``bound``, first order),
+position], the exact fast path) and the cheap estimates of it (``--estimators``; by
+default ``bound``, first order, ``fisher`` and ``fisher_bound``),
 and saves them with the model's layer count (``--add``: into an existing dump of the same
 prompts, adding the estimates it lacks, the exact map kept); ``replay`` loads no model: it runs verify's
 rule (:func:`tlatlas.atlas.verify.settle`) on each (example, component) ranking in each

@@ -76,8 +76,8 @@ the exact effect: each point is a forward and a backward from the node's layer.
   measures. Measured (n = 48 layer maps, n = 12 cells at two seeds, bootstrap intervals):
   ``fisher`` ranks the layer map best of the estimates cheaper than the exact map (0.81-0.89
   against ``bound``'s 0.71-0.79), ``fisher_bound`` ranks the cells best (0.88-0.95, above
-  ``bound`` on all eight maps); neither returns the exact top 5 of more position rankings
-  than ``bound`` does.
+  ``bound`` on all eight maps); neither returns the whole exact top 5 in more position
+  rankings than ``bound`` does, beyond one ranking in 24 per map.
 
 Every estimate's ``block`` term uses the gradient at ``hook_resid_post`` (the block pins
 both of its writes, so the MLP never sees the changed attention output), exactly as the
