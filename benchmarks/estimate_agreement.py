@@ -1,13 +1,15 @@
 """How well does each estimate rank like the exact map? Spearman with bootstrap intervals.
 
-    python benchmarks/estimate_agreement.py layer EXACT.atlas.json EST.atlas.json [EST ...] \
-        [--base bound]
+    python benchmarks/estimate_agreement.py layer EXACT.atlas.json [EST.atlas.json ...] \
+        [--base bound] [--screen 1]
     python benchmarks/estimate_agreement.py cells CELLS.pt [CELLS.pt ...] \
         [--estimators bound:1 fisher_bound:1 fisher:1 first_order:1] [--base bound:1]
 
 ``layer``: an exact atlas and attribution atlases of the same examples (``tlatlas atlas
 --method attribution --estimator E``); Spearman over the family-averaged layer map
-[component layer] (families weighted equally, as verify ranks it). ``cells``: dumps of
+[component layer] (families weighted equally, as verify ranks it); ``--screen J`` adds
+verify's default order, the exact map of the first ``J`` examples of each family, against
+the whole map it is part of, with its spread over random draws of ``J`` per family. ``cells``: dumps of
 ``verify_positions_replay.py dump``; Spearman over every example's valid cells [pcomp layer
 position], pooled. Both rank each estimate by the score verify ranks by
 (:func:`tlatlas.atlas.verify.rank_scores`: ``|KL|``, or ``|Delta-logp|`` without a KL
@@ -19,6 +21,7 @@ difference against ``--base`` uses the same replicates. No model is loaded.
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -27,16 +30,10 @@ from tlatlas.atlas.verify import rank_scores
 from tlatlas.metrics import METRICS
 from tlatlas.stats import DEFAULT_REPLICATES, percentile_interval, spearman, stratified_indices
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from verify_rules import family_mean, screened  # noqa: E402  (a sibling script)
+
 KL = METRICS.index("kl")
-
-
-def family_mean(ex: torch.Tensor, family: torch.Tensor, n_f: int, idx: torch.Tensor
-                ) -> torch.Tensor:
-    """[metric component layer example] -> the family-averaged map [metric component layer]
-    of the examples ``idx`` (families weighted equally)."""
-    fam = family[idx]
-    per = torch.stack([ex[..., idx[fam == f]].mean(-1) for f in range(n_f)], -1)
-    return per.mean(-1)
 
 
 def layer_sources(exact_path: str, est_paths: list[str]
@@ -45,6 +42,7 @@ def layer_sources(exact_path: str, est_paths: list[str]
     ex = load_atlas(exact_path.removesuffix(".atlas.json"))
     t = ex.sums.tensors
     family, n_f = t["example.family"].long(), len(ex.sums.families)
+    exact_kl = t["example.layer"][KL]
     sources = {}
     for path in est_paths:
         es = load_atlas(path.removesuffix(".atlas.json"))
@@ -54,8 +52,8 @@ def layer_sources(exact_path: str, est_paths: list[str]
         est = es.sums.tensors["example.layer"]
 
         def pair(idx, est=est):
-            e = family_mean(t["example.layer"], family, n_f, idx)[KL]
-            return e.flatten(), rank_scores(family_mean(est, family, n_f, idx), "kl").flatten()
+            return (family_mean(exact_kl, family, n_f, idx).flatten(),
+                    rank_scores(family_mean(est, family, n_f, idx), "kl").flatten())
 
         sources[es.meta.estimate["estimator"]["name"]] = pair
     return sources, family, f"{ex.meta.model} {ex.meta.ablation} layer map, n = {family.numel()}"
@@ -81,6 +79,48 @@ def cell_sources(path: str, estimators: list[str]
         f"{path}: {d['model']} {d['ablation']} cells, n = {len(uids)}"
 
 
+def screen_rhos(kl: torch.Tensor, family: torch.Tensor, n_f: int, picked: torch.Tensor
+                ) -> tuple[float, float]:
+    """Spearman of the family-averaged map of the examples ``picked`` (a screen) with that of
+    every example, and with that of the examples not picked. ``kl`` [component layer
+    example]."""
+    every = torch.arange(family.numel())
+    screen = family_mean(kl, family, n_f, picked).flatten()
+    full = family_mean(kl, family, n_f, every).flatten()
+    rest = family_mean(kl, family, n_f, every[~torch.isin(every, picked)]).flatten()
+    return float(spearman(screen, full)), float(spearman(screen, rest))
+
+
+def screen_agreement(exact_path: str, j: int, draws: int) -> str:
+    """The exact screen of ``j`` examples per family (verify's default order of the layer
+    map) against the exact map: against the whole map, which includes the screen (what
+    verify faces; the overlap flatters it where the screen is a large share), and against
+    the map of the other examples (no overlap, but a noisier truth). For the first ``j``
+    of each family (what verify takes), and the spread over ``draws`` random choices of
+    ``j`` per family (which examples the screen takes; a bootstrap would repeat examples
+    inside it)."""
+    ex = load_atlas(exact_path.removesuffix(".atlas.json"))
+    t = ex.sums.tensors
+    family, n_f = t["example.family"].long(), len(ex.sums.families)
+    kl, every = t["example.layer"][KL], torch.arange(family.numel())
+
+    def rho(picked: torch.Tensor) -> tuple[float, float]:
+        return screen_rhos(kl, family, n_f, picked)
+
+    g = torch.Generator().manual_seed(0)
+    members = [torch.nonzero(family == f)[:, 0] for f in range(n_f)]
+    spread = torch.tensor([rho(torch.cat([m[torch.randperm(m.numel(), generator=g)[:j]]
+                                          for m in members])) for _ in range(draws)],
+                          dtype=torch.float64)
+    lo, hi = percentile_interval(spread)
+    med = spread.median(0).values
+    first = rho(screened(every, family, n_f, j))
+    return (f"  screen {j}/family ({j * n_f / family.numel():.0%} of the examples): spearman "
+            f"vs the whole map {first[0]:.3f}, vs the rest {first[1]:.3f} (first {j} of each "
+            f"family); over {draws} random draws, median {med[0]:.3f} [{float(lo[0]):.3f}, "
+            f"{float(hi[0]):.3f}] and {med[1]:.3f} [{float(lo[1]):.3f}, {float(hi[1]):.3f}]")
+
+
 def report(sources, family, label, base: str | None, replicates: int) -> None:
     reps = [torch.arange(family.numel()),
             *stratified_indices(family, replicates, torch.Generator().manual_seed(0))]
@@ -104,6 +144,8 @@ def main() -> int:
     lay.add_argument("exact")
     lay.add_argument("estimates", nargs="+")
     lay.add_argument("--base", default="bound")
+    lay.add_argument("--screen", type=int, nargs="*", default=[], metavar="J",
+                     help="also the exact screen of J examples per family")
     cells = sub.add_parser("cells")
     cells.add_argument("dumps", nargs="+")
     cells.add_argument("--estimators", nargs="+",
@@ -114,6 +156,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.cmd == "layer":
         report(*layer_sources(args.exact, args.estimates), args.base, args.replicates)
+        for j in args.screen:
+            print(screen_agreement(args.exact, j, args.replicates))
     else:
         for path in args.dumps:
             report(*cell_sources(path, args.estimators), args.base, args.replicates)

@@ -89,7 +89,7 @@ def replay(kl: torch.Tensor, score: torch.Tensor, layers: list[int], n_layers: i
             "hub_ok": hub == true_hub, **rows, "speedup_verify_only": free["speedup"]}
 
 
-def _family_mean(values: torch.Tensor, family: torch.Tensor, n_f: int,
+def family_mean(values: torch.Tensor, family: torch.Tensor, n_f: int,
                  idx: torch.Tensor) -> torch.Tensor:
     """Family-averaged mean of per-example ``values [... example]`` over examples ``idx``."""
     onehot = torch.nn.functional.one_hot(family[idx], n_f).double()
@@ -104,7 +104,7 @@ def _score(est_mean: torch.Tensor) -> torch.Tensor:
         else est_mean[m].abs()
 
 
-def _screen(idx: torch.Tensor, family: torch.Tensor, n_f: int, j: int) -> torch.Tensor:
+def screened(idx: torch.Tensor, family: torch.Tensor, n_f: int, j: int) -> torch.Tensor:
     """The first ``j`` examples of each family among ``idx``."""
     f = family[idx]
     return torch.cat([idx[f == k][:j] for k in range(n_f)])
@@ -160,14 +160,14 @@ def atlas_rows(ex_path: str, es_path: str | None, screens: list[int], rules: lis
             raise ValueError(f"{es_path}: need an attribution atlas of the same examples")
         est_ex = es.sums.tensors["example.layer"]
         orders.append((es.meta.estimate["estimator"]["name"],
-                       lambda idx: _score(_family_mean(est_ex, family, n_f, idx)),
+                       lambda idx: _score(family_mean(est_ex, family, n_f, idx)),
                        3.0 * n_layers))
     for j in screens:
         if not 1 <= j < per_family:
             raise ValueError(f"--screen {j}: need 1 <= J < {per_family} (examples per family)")
         orders.append((f"screen {j}/family",
-                       lambda idx, j=j: _family_mean(exact_ex, family, n_f,
-                                                     _screen(idx, family, n_f, j)),
+                       lambda idx, j=j: family_mean(exact_ex, family, n_f,
+                                                     screened(idx, family, n_f, j)),
                        exact_rows * j / per_family))
     reps = stratified_indices(family, replicates, torch.Generator().manual_seed(0))
     out = []
@@ -176,7 +176,7 @@ def atlas_rows(ex_path: str, es_path: str | None, screens: list[int], rules: lis
             rule, p = spec.split(":")
 
             def one(idx: torch.Tensor, rule=rule, p=p, order=order, est_rows=est_rows):
-                return replay(_family_mean(exact_ex, family, n_f, idx), order(idx),
+                return replay(family_mean(exact_ex, family, n_f, idx), order(idx),
                               layers, n_layers, top_k, rule, int(p), est_rows)
 
             boot = [one(r) for r in reps]

@@ -1,6 +1,7 @@
 """The agreement benchmark (benchmarks/estimate_agreement.py) on hand-built maps."""
 
 import importlib.util
+import math
 from pathlib import Path
 
 import torch
@@ -54,3 +55,15 @@ def test_family_mean_weights_families_equally():
     assert agreement.family_mean(ex, family, 2, torch.arange(3)).item() == 6.0
     # a replicate that draws example 0 twice
     assert agreement.family_mean(ex, family, 2, torch.tensor([0, 0, 2])).item() == 5.5
+
+
+def test_a_screen_is_compared_with_the_whole_map_and_with_the_rest():
+    v = torch.arange(6.0).view(2, 3)  # [component layer]
+    family = torch.tensor([0, 0, 1, 1])
+    # examples 0 and 2 (the screen) hold v, examples 1 and 3 hold it reversed
+    kl = torch.stack([v, v.flip(0).flip(1), v, v.flip(0).flip(1)], -1)
+    whole, rest = agreement.screen_rhos(kl, family, 2, torch.tensor([0, 2]))
+    assert rest == -1.0  # the other examples rank the entries the other way round
+    assert math.isnan(whole)  # v + reversed v is flat: no ranking to agree with
+    same = torch.stack([v, v, v, v], -1)
+    assert agreement.screen_rhos(same, family, 2, torch.tensor([0, 2])) == (1.0, 1.0)

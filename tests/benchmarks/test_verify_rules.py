@@ -55,5 +55,5 @@ def test_screen_cost_and_verify_only_speed_up():
 def test_screen_takes_the_first_examples_of_each_family():
     family = torch.tensor([0, 1, 0, 1, 0, 1])
     idx = torch.tensor([5, 4, 3, 2, 1, 0])  # a replicate's order
-    assert verify_rules._screen(idx, family, 2, 1).tolist() == [4, 5]
-    assert verify_rules._screen(idx, family, 2, 2).tolist() == [4, 2, 5, 3]
+    assert verify_rules.screened(idx, family, 2, 1).tolist() == [4, 5]
+    assert verify_rules.screened(idx, family, 2, 2).tolist() == [4, 2, 5, 3]
