@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from tlatlas.atlas.store import load_atlas
+from tlatlas.atlas.store import Atlas, load_atlas
 from tlatlas.atlas.verify import rank_scores
 from tlatlas.metrics import METRICS
 from tlatlas.stats import DEFAULT_REPLICATES, percentile_interval, spearman, stratified_indices
@@ -36,10 +36,10 @@ from verify_rules import family_mean, screened  # noqa: E402  (a sibling script)
 KL = METRICS.index("kl")
 
 
-def layer_sources(exact_path: str, est_paths: list[str]
+def layer_sources(ex: Atlas, est_paths: list[str]
                   ) -> tuple[dict[str, Callable[[torch.Tensor], tuple]], torch.Tensor, str]:
-    """``(name -> replicate -> (exact, score) vectors, families, label)`` for ``layer``."""
-    ex = load_atlas(exact_path.removesuffix(".atlas.json"))
+    """``(name -> replicate -> (exact, score) vectors, families, label)`` for ``layer``,
+    from the exact atlas ``ex`` and attribution atlases of its examples."""
     t = ex.sums.tensors
     family, n_f = t["example.family"].long(), len(ex.sums.families)
     exact_kl = t["example.layer"][KL]
@@ -48,7 +48,7 @@ def layer_sources(exact_path: str, est_paths: list[str]
         es = load_atlas(path.removesuffix(".atlas.json"))
         if es.meta.method != "attribution" or not torch.equal(t["example.id"],
                                                             es.sums.tensors["example.id"]):
-            raise SystemExit(f"{path}: need an attribution atlas of {exact_path}'s examples")
+            raise SystemExit(f"{path}: need an attribution atlas of the exact atlas's examples")
         est = es.sums.tensors["example.layer"]
 
         def pair(idx, est=est):
@@ -91,7 +91,7 @@ def screen_rhos(kl: torch.Tensor, family: torch.Tensor, n_f: int, picked: torch.
     return float(spearman(screen, full)), float(spearman(screen, rest))
 
 
-def screen_agreement(exact_path: str, j: int, draws: int) -> str:
+def screen_agreement(ex: Atlas, j: int, draws: int) -> str:
     """The exact screen of ``j`` examples per family (verify's default order of the layer
     map) against the exact map: against the whole map, which includes the screen (what
     verify faces; the overlap flatters it where the screen is a large share), and against
@@ -99,22 +99,17 @@ def screen_agreement(exact_path: str, j: int, draws: int) -> str:
     of each family (what verify takes), and the spread over ``draws`` random choices of
     ``j`` per family (which examples the screen takes; a bootstrap would repeat examples
     inside it)."""
-    ex = load_atlas(exact_path.removesuffix(".atlas.json"))
     t = ex.sums.tensors
     family, n_f = t["example.family"].long(), len(ex.sums.families)
     kl, every = t["example.layer"][KL], torch.arange(family.numel())
-
-    def rho(picked: torch.Tensor) -> tuple[float, float]:
-        return screen_rhos(kl, family, n_f, picked)
-
     g = torch.Generator().manual_seed(0)
     members = [torch.nonzero(family == f)[:, 0] for f in range(n_f)]
-    spread = torch.tensor([rho(torch.cat([m[torch.randperm(m.numel(), generator=g)[:j]]
-                                          for m in members])) for _ in range(draws)],
-                          dtype=torch.float64)
+    spread = torch.tensor([screen_rhos(kl, family, n_f, torch.cat(
+        [m[torch.randperm(m.numel(), generator=g)[:j]] for m in members]))
+        for _ in range(draws)], dtype=torch.float64)
     lo, hi = percentile_interval(spread)
     med = spread.median(0).values
-    first = rho(screened(every, family, n_f, j))
+    first = screen_rhos(kl, family, n_f, screened(every, family, n_f, j))
     return (f"  screen {j}/family ({j * n_f / family.numel():.0%} of the examples): spearman "
             f"vs the whole map {first[0]:.3f}, vs the rest {first[1]:.3f} (first {j} of each "
             f"family); over {draws} random draws, median {med[0]:.3f} [{float(lo[0]):.3f}, "
@@ -155,9 +150,10 @@ def main() -> int:
         p.add_argument("--replicates", type=int, default=DEFAULT_REPLICATES)
     args = ap.parse_args()
     if args.cmd == "layer":
-        report(*layer_sources(args.exact, args.estimates), args.base, args.replicates)
+        exact = load_atlas(args.exact.removesuffix(".atlas.json"))
+        report(*layer_sources(exact, args.estimates), args.base, args.replicates)
         for j in args.screen:
-            print(screen_agreement(args.exact, j, args.replicates))
+            print(screen_agreement(exact, j, args.replicates))
     else:
         for path in args.dumps:
             report(*cell_sources(path, args.estimators), args.base, args.replicates)

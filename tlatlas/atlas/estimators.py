@@ -315,6 +315,12 @@ def _pinned(value: Tensor, mask: Tensor) -> Callable:
     return hook
 
 
+def _swept(layers: Sequence[int]) -> list[str]:
+    """The hooks whose gradients the clean-point estimates take: every swept layer's
+    ``attn_out``, ``mlp_out`` and ``resid_post``."""
+    return [hook_name(layer, h) for layer in layers for h in (*_WRITES, "hook_resid_post")]
+
+
 def _clean_point_grads(ctx: AblationBatch, layers: Sequence[int],
                        hooks: list[tuple[str, Callable]], kept: dict[str, Tensor],
                        scalars: Callable[[Tensor], Iterator[Tensor]]
@@ -326,7 +332,7 @@ def _clean_point_grads(ctx: AblationBatch, layers: Sequence[int],
     The graph is kept until the iterator ends, so it may change state between scalars."""
     model, batch = ctx.model, ctx.batch
     dev = model.device
-    names = [hook_name(layer, h) for layer in layers for h in (*_WRITES, "hook_resid_post")]
+    names = _swept(layers)
     out = []
     with torch.enable_grad(), hooks_attached(model.bridge, hooks):
         hidden = decoder(model)(input_ids=batch.tokens.to(dev), use_cache=False).last_hidden_state
@@ -385,9 +391,8 @@ def fisher_grads(ctx: AblationBatch, layers: Sequence[int], outcomes: int
     the coarse distribution, so ``KL(q_clean || q) ~ 1/2 sum_j (g_j . d)^2``.
 
     Returns one ``hook name -> [batch pos d_model]`` dict per outcome."""
-    names = [hook_name(layer, h) for layer in layers for h in (*_WRITES, "hook_resid_post")]
     kept: dict[str, Tensor] = {}
-    hooks = [(n, _keeping(kept, n)) for n in names]
+    hooks = [(n, _keeping(kept, n)) for n in _swept(layers)]
 
     def weighted(logits: Tensor) -> Iterator[Tensor]:
         lq = coarse_log_probs(logits, outcomes)
