@@ -6,6 +6,7 @@ import torch
 from tlatlas.atlas.ablation import RoleStats, position_mask, replacement, write_hook
 from tlatlas.atlas.attribution import attribution_effects, attribution_sums
 from tlatlas.atlas.config import COMPONENT_HOOKS, COMPONENTS, POS_COMPONENTS, AtlasConfig
+from tlatlas.atlas.estimators import coarse_log_probs
 from tlatlas.atlas.sums import mean_effect
 from tlatlas.atlas.sweep import compute_atlas_sums, reference_stats
 from tlatlas.hooks import hook_name
@@ -355,3 +356,23 @@ def test_fisher_bound_and_coarse_outcomes_order_the_estimates(tiny_models, suite
         Estimator(method="fisher_bound", steps=2)
     est = Estimator(method="fisher_bound", outcomes=3)
     assert Estimator.from_dict(est.to_dict()) == est and est.metrics == ("kl",)
+
+
+def test_coarse_outcomes_survive_a_masked_vocabulary():
+    # Finite logits: the top tokens' log-probabilities, then the rest's.
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0, 1.0]], requires_grad=True)
+    lq = coarse_log_probs(logits, 2)
+    full = logits.detach().log_softmax(-1)[0]
+    assert torch.allclose(lq[0, :2], full[[0, 4]])
+    assert torch.allclose(lq[0, 2], full[[1, 2, 3]].logsumexp(0))
+    # Every token outside the top two masked (-inf): the rest has probability 0. The
+    # coarse distribution still sums to 1 and the Fisher weights' gradient is finite.
+    masked = torch.tensor([[2.0, float("-inf"), float("-inf"), float("-inf"), 1.0]],
+                          requires_grad=True)
+    for outcomes in (2, 4):
+        lq = coarse_log_probs(masked, outcomes)
+        assert torch.allclose(lq.exp().sum(-1), torch.ones(1))
+        w = lq.detach().exp().sqrt()
+        (grad,) = torch.autograd.grad((w * lq).sum(), masked)
+        assert torch.isfinite(grad).all()
+        assert grad[0, 1:4].abs().max() == 0

@@ -376,8 +376,10 @@ def coarse_log_probs(logits: Float[Tensor, "batch d_vocab"], outcomes: int
     """``log q``: the output distribution coarsened to each row's ``outcomes`` most likely
     tokens (by the detached logits) and one more outcome, the rest of the vocabulary.
     Coarsening keeps KL and the Fisher information at or below the full distribution's; with
-    ``outcomes = d_vocab - 1`` it loses nothing."""
-    lp = logits.float().log_softmax(-1)
+    ``outcomes = d_vocab - 1`` it loses nothing. Masked tokens (``-inf`` logits) are held
+    at a finite floor, so that an outcome of probability 0 (the rest, when every other
+    token is masked) adds nothing to ``F`` instead of a NaN."""
+    lp = logits.float().clamp_min(torch.finfo(torch.float32).min / 2).log_softmax(-1)
     idx = lp.detach().topk(min(outcomes, lp.shape[-1] - 1), -1).indices
     rest = lp.scatter(-1, idx, float("-inf")).logsumexp(-1, keepdim=True)
     return torch.cat([lp.gather(-1, idx), rest], -1)
