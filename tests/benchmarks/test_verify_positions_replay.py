@@ -54,3 +54,15 @@ def test_missed_cells_names_the_unverified_top_cells_and_their_ranks():
     missed = replay.missed_cells(kl, worst, front=False, top_k=2, patience=2)
     assert sorted(missed) == [(2, 3, 14), (3, 3, 15)]
     assert replay.missed_cells(kl, kl, front=False, top_k=2, patience=2) == []
+
+
+def test_order_score_reads_kl_where_given_else_dlogp_magnitude():
+    kl_est = torch.full((3, 2, 4, 5), float("nan"))
+    kl_est[0] = -_cells()  # a KL estimate (sign dropped for ranking)
+    dlogp_est = torch.full((3, 2, 4, 5), float("nan"))
+    dlogp_est[1] = -2 * _cells()  # an estimate with no KL (first order): its Delta-logp
+    d = {"fisher:1": {7: kl_est}, "first_order:1": {7: dlogp_est}}
+    got = replay.order_score(d, "fisher", 7)
+    assert torch.equal(got[0].nan_to_num(-1), _cells().nan_to_num(-1))
+    got = replay.order_score(d, "first_order:1", 7)
+    assert torch.equal(got[1].nan_to_num(-1), (2 * _cells()).nan_to_num(-1))
