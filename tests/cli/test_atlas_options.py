@@ -248,6 +248,30 @@ def test_attribution_with_the_fisher_estimate_shows_kl(tiny_dirs, tmp_path, caps
     assert "takes one point" in capsys.readouterr().err
 
 
+def test_fisher_outcomes_are_chosen_recorded_and_coarser_is_lower(tiny_dirs, tmp_path, capsys):
+    """``--outcomes K`` sets fisher's partition (recorded); top-2 and the rest is a
+    coarsening of top-8 and the rest, so its Fisher information, and every KL estimate,
+    is no larger; ``--outcomes`` with any other estimator is an error."""
+    from tlatlas.atlas.store import load_atlas
+    from tlatlas.metrics import METRICS
+
+    kl = {}
+    for k in (2, 8):
+        assert main(_atlas(tiny_dirs["llama"], tmp_path / str(k), "--batch-size", "3",
+                           "--method", "attribution", "--estimator", "fisher",
+                           "--outcomes", str(k))) == 0
+        atlas = load_atlas(tmp_path / str(k) / "seed42")
+        assert atlas.meta.estimate["estimator"]["outcomes"] == k
+        kl[k] = atlas.sums.tensors["layer.sum"][METRICS.index("kl")]
+    assert (kl[2] <= kl[8] * (1 + 1e-5) + 1e-9).all() and (kl[2] < kl[8]).any()
+    capsys.readouterr()
+    assert main(_atlas(tiny_dirs["llama"], tmp_path / "x", "--method", "attribution",
+                       "--estimator", "bound", "--outcomes", "4")) != 0
+    assert "--outcomes applies to --estimator fisher and fisher_bound" in capsys.readouterr().err
+    assert main(_atlas(tiny_dirs["llama"], tmp_path / "y", "--outcomes", "4")) != 0
+    assert "--outcomes applies to --method attribution or verify" in capsys.readouterr().err
+
+
 def test_components_block_computes_the_block_only(tiny_dirs, tmp_path, capsys):
     from tlatlas.atlas.store import find_atlases, load_atlas
 

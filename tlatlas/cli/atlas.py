@@ -150,12 +150,13 @@ def _estimate_args(args: argparse.Namespace) -> dict:
     --rule,
     checked before anything loads (each option that does not apply is an error)."""
     from tlatlas.atlas.attribution import check_attribution_kind
-    from tlatlas.atlas.estimate_spec import FIRST_ORDER, Estimator
+    from tlatlas.atlas.estimate_spec import FIRST_ORDER, FISHER_METHODS, Estimator
     from tlatlas.atlas.verify import DEFAULT_ESTIMATOR, VerifyConfig
     from tlatlas.errors import InvalidInputError
 
     method = args.method
     given = {o: v for o, v in (("--estimator", args.estimator), ("--steps", args.steps),
+                               ("--outcomes", args.outcomes),
                                ("--top-k", args.top_k), ("--patience", args.patience),
                                ("--screen", args.screen), ("--rule", args.rule))
              if v is not None}
@@ -185,10 +186,15 @@ def _estimate_args(args: argparse.Namespace) -> dict:
     if name is None and steps is not None and method == "verify":
         fail("--steps needs --estimator ig_joint or ig: verify ranks by bound by default, "
              "a first-order score")
+    if args.outcomes is not None and name not in FISHER_METHODS:
+        fail(f"--outcomes applies to --estimator {' and '.join(FISHER_METHODS)}, not "
+             f"{name or 'the default'}")
     if name is None:  # the method's default; for attribution --steps N >= 2 means ig_joint
         estimator = None
     elif name == "first_order":
         estimator = FIRST_ORDER
+    elif args.outcomes is not None:
+        estimator = Estimator(method=name, steps=steps or 1, outcomes=args.outcomes)
     else:
         estimator = Estimator(method=name, steps=steps or 1)
     if estimator is not None and estimator.method == "ig" and estimator.steps > 1 \
@@ -334,6 +340,10 @@ def register(sub) -> None:
                    help="attribution and verify: points on the ablation path of ig_joint / "
                         "ig (midpoint rule; 1 is first order); attribution without "
                         "--estimator: N >= 2 means ig_joint")
+    p.add_argument("--outcomes", type=positive_int, default=None, metavar="K",
+                   help="fisher and fisher_bound: the clean run's K likeliest tokens taken "
+                        "as outcomes of their own, the rest of the vocabulary one more; a "
+                        "backward each (default 8)")
     p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
                    help="verify: the entries of each ranking whose exact values must be "
                         f"settled (default {DEFAULT_TOP_K})")
