@@ -36,6 +36,15 @@ from verify_rules import family_mean, screened  # noqa: E402  (a sibling script)
 KL = METRICS.index("kl")
 
 
+def _label(estimator: dict) -> str:
+    """An estimate's name in the tables: its method's, with ``/K`` where a Fisher estimate
+    takes other than the default outcome count (``fisher/32``)."""
+    from tlatlas.atlas.estimate_spec import Estimator
+
+    k = estimator.get("outcomes", Estimator.outcomes)
+    return estimator["name"] + (f"/{k}" if k != Estimator.outcomes else "")
+
+
 def layer_sources(ex: Atlas, est_paths: list[str]
                   ) -> tuple[dict[str, Callable[[torch.Tensor], tuple]], torch.Tensor, str]:
     """``(name -> replicate -> (exact, score) vectors, families, label)`` for ``layer``,
@@ -55,7 +64,7 @@ def layer_sources(ex: Atlas, est_paths: list[str]
             return (family_mean(exact_kl, family, n_f, idx).flatten(),
                     rank_scores(family_mean(est, family, n_f, idx), "kl").flatten())
 
-        sources[es.meta.estimate["estimator"]["name"]] = pair
+        sources[_label(es.meta.estimate["estimator"])] = pair
     return sources, family, f"{ex.meta.model} {ex.meta.ablation} layer map, n = {family.numel()}"
 
 

@@ -67,3 +67,9 @@ def test_a_screen_is_compared_with_the_whole_map_and_with_the_rest():
     assert math.isnan(whole)  # v + reversed v is flat: no ranking to agree with
     same = torch.stack([v, v, v, v], -1)
     assert agreement.screen_rhos(same, family, 2, torch.tensor([0, 2])) == (1.0, 1.0)
+
+
+def test_fisher_estimates_are_labelled_by_their_outcome_count():
+    assert agreement._label({"name": "bound"}) == "bound"
+    assert agreement._label({"name": "fisher", "outcomes": 8}) == "fisher"
+    assert agreement._label({"name": "fisher", "outcomes": 32}) == "fisher/32"
