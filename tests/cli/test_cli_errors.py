@@ -133,7 +133,7 @@ CASES = [
      "none", "missing atlas file"),
     ("merge-missing-shard", ["merge", "{dir}/nosuch", "--out", "{out}"], "none",
      "missing atlas file"),
-    ("show-not-a-dir", ["show", "{dir}/nosuch"], "none", "is not a directory"),
+    ("show-not-a-dir", ["show", "{dir}/nosuch"], "none", "is not a directory, nor an atlas"),
     ("show-no-atlases", ["show", "{dir}"], "none", "no *.atlas.json in"),
     ("show-family-not-in-atlas", ["show", "{atlas_dir}", "--families", "ioi"], "none",
      "families ['ioi'] are not in this atlas"),

@@ -392,7 +392,8 @@ def register(sub) -> None:
     p = sub.add_parser("show", help="the hub table of the atlases in a directory",
                        description="The hub table (and position roles, if present) of the "
                                    "whole-suite atlases in a directory.")
-    p.add_argument("dir", help="directory holding *.atlas.json files (`tlatlas atlas --out`)")
+    p.add_argument("dir", help="directory holding *.atlas.json files (`tlatlas atlas --out`), "
+                               "or one atlas: its stem (out/seed42) or either file")
     p.add_argument("--metric", choices=["kl", "dlogp", "acc_drop"], default="kl",
                    help="effect measure: KL(clean || ablated) in nats, drop in the answer's "
                         "log p in nats, or drop in top-1 accuracy (default kl; dlogp for "

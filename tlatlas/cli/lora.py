@@ -298,7 +298,8 @@ def register(sub) -> None:
                        description="Write a PEFT adapter_config.json whose target modules are "
                                    "the layers an atlas ranks most important, with the "
                                    "trainable-parameter count.")
-    p.add_argument("atlas", help="atlas stem (out/seed42) or its .atlas.json file")
+    p.add_argument("atlas", help="atlas stem (out/seed42), either of its files, or a directory holding "
+                        "one atlas")
     _add_lora(p)
     add_model_arg(p, default=None, help="the model the adapter is for (default: the model "
                                         "the atlas records)")
@@ -317,7 +318,8 @@ def register(sub) -> None:
     p.add_argument("--family", type=family_or_any, default="json",
                    help="task family to train on, or any (all twelve) (default json)")
     p.add_argument("--atlas", default=None, metavar="STEM",
-                   help="atlas stem of the model, needed by --strategy atlas/random")
+                   help="atlas of the model (stem, file, or a directory holding one), needed "
+                        "by --strategy atlas/random")
     _add_lora(p)
     p.add_argument("--steps", type=non_negative_int, default=30,
                    help="optimizer steps (default 30; 0: only the before numbers)")
@@ -350,7 +352,8 @@ def register(sub) -> None:
                    help="which study to run")
     add_model_arg(p)
     p.add_argument("--atlas", required=True, metavar="STEM",
-                   help="atlas stem of the model (out/seed42)")
+                   help="atlas of the model: stem (out/seed42), file, or a directory holding "
+                        "one")
     p.add_argument("--families", type=family, nargs="+", default=["json", "factual", "code"],
                    metavar="FAMILY",
                    help="families to fine-tune on; modules and stability use the first "
