@@ -32,6 +32,21 @@ def max_diff(a, b):
     return max(float((pa[k] - pb[k]).abs().max()) for k in pa)
 
 
+def max_excess(a, b, rtol: float):
+    """The largest ``|a - b| - rtol |b|`` over every per-example value: at most ``TOL``
+    means the two agree to ``TOL`` plus ``rtol`` of the value."""
+    pa, pb = per_example(a), per_example(b)
+    assert pa.keys() == pb.keys()
+    return max(float(((pa[k] - pb[k]).abs() - rtol * pb[k].abs()).nan_to_num(0.0).max())
+               for k in pa)
+
+
+RTOL_REAL = 2e-5
+"""A real model's effects reach tens of nats; fp32 over 30 layers then differs between the
+two paths by a few parts in 10^5 of the value, more with one thread than two (the
+reduction order changes)."""
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
 def test_fast_exact_equals_naive(tiny_models, small_examples, arch, ablation):
@@ -109,7 +124,7 @@ def test_smollm2_exact_equals_naive_and_atlas_is_not_flat(smollm2):
     config = AtlasConfig(batch_size=2)
     fast = compute_atlas_sums(smollm2, examples, config)
     naive = compute_atlas_sums(smollm2, examples, replace(config, method="naive"))
-    assert max_diff(naive, fast) <= TOL
+    assert max_excess(naive, fast, RTOL_REAL) <= TOL
     hub = hub_summary(fast)
     assert hub.hub_effect > 10 * hub.least_effect and hub.hub_effect > 0.5
     # position-resolved, three layers, one example per family
@@ -117,7 +132,7 @@ def test_smollm2_exact_equals_naive_and_atlas_is_not_flat(smollm2):
     few = examples[:2]
     fast = compute_atlas_sums(smollm2, few, config)
     naive = compute_atlas_sums(smollm2, few, replace(config, method="naive"))
-    assert max_diff(naive, fast) <= TOL
+    assert max_excess(naive, fast, RTOL_REAL) <= TOL
 
 
 def test_position_chunks_agree(tiny_models, small_examples):
