@@ -293,6 +293,43 @@ def _add_lora(p: argparse.ArgumentParser) -> None:
                         "init and data order) (default 0)")
 
 
+def cmd_pool(args: argparse.Namespace) -> int:
+    """Strategy studies of one design at other training seeds, compared as one study."""
+    from pathlib import Path
+
+    from bridges.compare import compare_to, pooled, seed_differences, study_design, study_rows
+
+    results = []
+    for path in args.results:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            fail(f"cannot read study result {path}: {err}")
+    if any(study_design(r) != study_design(results[0]) for r in results[1:]):
+        fail("the files' designs differ (other than their training seeds): their runs are "
+             "not one study")
+    try:
+        rows = pooled([study_rows(r) for r in results])
+    except ValueError as err:
+        fail(str(err))
+    others = [s for s in dict.fromkeys(r["strategy"] for r in rows) if s != args.reference]
+    print(f"# {len(results)} file(s), {len(rows)} runs; difference = other - {args.reference} "
+          f"(held-out loss, nats; positive favours {args.reference}), 95% paired bootstrap "
+          "over (seed, family, prompt) pairs")
+    for name in others:
+        c = compare_to(rows, "strategy", args.reference, name)
+        if not c["n"]:
+            continue
+        loss, em = c["loss"], c["exact_match"]
+        per_seed = ", ".join(f"{s}: {d:+.3f}" for s, d in
+                             seed_differences(rows, "strategy", args.reference, name).items())
+        print(f"{name:16} n = {c['n']:4} ({len(c['seeds'])} seeds)  loss "
+              f"{loss['estimate']:+.3f} [{loss['ci'][0]:+.3f}, {loss['ci'][1]:+.3f}]  exact "
+              f"match {em['estimate']:+.3f} [{em['ci'][0]:+.3f}, {em['ci'][1]:+.3f}]  per "
+              f"seed: {per_seed}")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("export-lora", help="PEFT LoRA config targeting atlas-chosen modules",
                        description="Write a PEFT adapter_config.json whose target modules are "
@@ -410,3 +447,15 @@ def register(sub) -> None:
     p.add_argument("--out", type=output_file, required=True, metavar="FILE",
                    help="result JSON file to write")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("pool", help="strategy studies of one design at other training seeds, "
+                                    "compared as one",
+                       description="Pool the runs of `tlatlas study strategies` files (or "
+                                   "lora-strategies block results) that share a design and "
+                                   "differ in training seeds, and compare every strategy "
+                                   "with the reference over all their pairs, with each "
+                                   "seed's mean difference.")
+    p.add_argument("results", nargs="+", metavar="RESULT.json", help="study result files")
+    p.add_argument("--reference", default="atlas",
+                   help="the strategy the others are compared with (default atlas)")
+    p.set_defaults(func=cmd_pool)
