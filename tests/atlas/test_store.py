@@ -95,26 +95,3 @@ def test_cli_atlas_shard_merge_show(tiny_dirs, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "hub per seed" in shown and "mode L" in shown
     assert main(["atlas", "--model", "no-such-model", "--out", str(tmp_path)]) == 2
-
-
-def test_an_atlas_is_found_by_stem_file_or_its_only_directory(tiny_models, tmp_path):
-    from tlatlas.atlas.store import find_atlases
-
-    atlas = build_atlas(tiny_models["llama"], SuiteSpec(per_family=2, families=("ioi",)),
-                        AtlasConfig(batch_size=2))
-    one, two = tmp_path / "one", tmp_path / "two"
-    save_atlas(atlas, one / "seed42")
-    save_atlas(atlas, two / "seed42")
-    save_atlas(atlas, two / "seed137")
-    for given in (one / "seed42", one / "seed42.atlas.json", one / "seed42.atlas.safetensors"):
-        assert find_atlases(given) == [one / "seed42"]
-        assert load_atlas(given).meta == atlas.meta
-    assert find_atlases(two) == [two / "seed137", two / "seed42"]
-    assert load_atlas(one).meta == atlas.meta  # a directory of one atlas names it
-    with pytest.raises(AtlasFileError, match=r"holds 2 atlases \(seed137, seed42\); name one"):
-        load_atlas(two)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(AtlasFileError, match="with no atlas"):
-        load_atlas(tmp_path / "empty")
-    with pytest.raises(AtlasFileError, match="is not a directory, nor an atlas"):
-        find_atlases(tmp_path / "nosuch")

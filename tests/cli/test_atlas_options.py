@@ -284,3 +284,29 @@ def test_components_block_computes_the_block_only(tiny_dirs, tmp_path, capsys):
     capsys.readouterr()
     assert main(["show", str(tmp_path), "--replicates", "20"]) == 0  # the hub reads block
     assert "hub" in capsys.readouterr().out
+
+
+def test_an_atlas_is_named_by_stem_file_or_its_only_directory(tiny_models, tmp_path):
+    from tlatlas.atlas.config import AtlasConfig
+    from tlatlas.atlas.pipeline import SuiteSpec, build_atlas
+    from tlatlas.atlas.store import load_atlas, save_atlas
+    from tlatlas.cli.common import atlas_stem, atlas_stems
+    from tlatlas.errors import InvalidInputError
+
+    atlas = build_atlas(tiny_models["llama"], SuiteSpec(per_family=2, families=("ioi",)),
+                        AtlasConfig(batch_size=2))
+    one, two = tmp_path / "one", tmp_path / "two"
+    save_atlas(atlas, one / "seed42")
+    save_atlas(atlas, two / "seed42")
+    save_atlas(atlas, two / "seed137")
+    for given in (one / "seed42", one / "seed42.atlas.json", one / "seed42.atlas.safetensors"):
+        assert atlas_stems(str(given)) == [one / "seed42"]
+    assert atlas_stems(str(two)) == [two / "seed137", two / "seed42"]
+    assert load_atlas(atlas_stem(str(one))).meta == atlas.meta  # a directory of one names it
+    with pytest.raises(InvalidInputError, match=r"holds 2 atlases \(seed137, seed42\); name one"):
+        atlas_stem(str(two))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError, match="with no atlas"):
+        atlas_stem(str(tmp_path / "empty"))
+    with pytest.raises(InvalidInputError, match="is not a directory, nor an atlas"):
+        atlas_stems(str(tmp_path / "nosuch"))

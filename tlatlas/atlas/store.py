@@ -140,15 +140,12 @@ def save_atlas(atlas: Atlas, stem: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 def load_atlas(stem: str | os.PathLike[str], *, fingerprint: Fingerprint | None = None,
                force: bool = False) -> Atlas:
-    """Read and validate an atlas: its stem (``out/seed42``), either of its files, or a
-    directory holding exactly one atlas.
+    """Read and validate an atlas.
 
     Raises AtlasFileError for a missing, truncated, foreign or mis-shaped file, and
     FingerprintMismatchError when ``fingerprint`` (the model in hand) differs from the
     atlas's model, unless ``force``.
     """
-    if Path(stem).is_dir():
-        stem = _one_atlas_in(Path(stem))
     tensors_path, meta_path = atlas_paths(stem)
     header, tensors = read_result_files(tensors_path, meta_path, kind=ATLAS_KIND,
                                         format_version=READABLE_VERSIONS, noun="atlas",
@@ -176,27 +173,11 @@ def load_atlas(stem: str | os.PathLike[str], *, fingerprint: Fingerprint | None 
 
 
 def find_atlases(directory: str | os.PathLike[str]) -> list[Path]:
-    """Stems of every atlas in a directory, sorted; given one atlas (its stem or either of
-    its files), that atlas's stem."""
+    """Stems of every atlas in a directory, sorted."""
     d = Path(directory)
     if not d.is_dir():
-        _, meta = atlas_paths(d)
-        if meta.is_file():
-            return [Path(str(meta)[: -len(META_SUFFIX)])]
-        raise AtlasFileError(f"{d} is not a directory, nor an atlas ({meta} does not exist)")
+        raise AtlasFileError(f"{d} is not a directory")
     return sorted(Path(str(p)[: -len(META_SUFFIX)]) for p in d.glob("*" + META_SUFFIX))
-
-
-def _one_atlas_in(directory: Path) -> Path:
-    """The stem of the one atlas a directory holds (``tlatlas atlas --out`` of one seed)."""
-    stems = find_atlases(directory)
-    if len(stems) == 1:
-        return stems[0]
-    if not stems:
-        raise AtlasFileError(f"{directory} is a directory with no atlas (*{META_SUFFIX}) in it")
-    names = ", ".join(s.name for s in stems)
-    raise AtlasFileError(f"{directory} holds {len(stems)} atlases ({names}); name one, "
-                         f"e.g. {stems[0]}")
 
 
 def merge_atlases(atlases: list[Atlas]) -> Atlas:

@@ -8,6 +8,7 @@ from tlatlas.cli.common import (
     add_memory_batching,
     add_model_arg,
     add_suite_args,
+    atlas_stems,
     fail,
     format_bytes,
     hub_table,
@@ -263,9 +264,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     from tlatlas.atlas.estimate_spec import shown_metric
     from tlatlas.atlas.exactness import exactness_line
-    from tlatlas.atlas.store import find_atlases, load_atlas
+    from tlatlas.atlas.store import load_atlas
 
-    stems = find_atlases(args.dir)
+    stems = atlas_stems(args.dir)
     if not stems:
         fail(f"no *.atlas.json in {args.dir}")
     atlases = [load_atlas(s) for s in stems]

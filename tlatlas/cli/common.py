@@ -275,6 +275,37 @@ def fail(message: str) -> NoReturn:
     raise InvalidInputError(message)
 
 
+def atlas_stems(path: str) -> list:
+    """The atlases ``path`` names: every atlas in a directory (sorted), or one atlas given by
+    its stem or either of its files."""
+    from pathlib import Path
+
+    from tlatlas.atlas.store import META_SUFFIX, atlas_paths, find_atlases
+
+    if Path(path).is_dir():
+        return find_atlases(path)
+    _, meta = atlas_paths(path)
+    if meta.is_file():
+        return [Path(str(meta)[: -len(META_SUFFIX)])]
+    fail(f"{path} is not a directory, nor an atlas ({meta} does not exist)")
+
+
+def atlas_stem(path: str):
+    """The one atlas ``path`` names: its stem or a file of it, or a directory holding exactly
+    one atlas (``tlatlas atlas --out`` of one seed); several say which to name."""
+    from pathlib import Path
+
+    if not Path(path).is_dir():
+        return path  # load_atlas names a missing or broken file itself
+    stems = atlas_stems(path)
+    if len(stems) == 1:
+        return stems[0]
+    if not stems:
+        fail(f"{path} is a directory with no atlas (*.atlas.json) in it")
+    fail(f"{path} holds {len(stems)} atlases ({', '.join(s.name for s in stems)}); name one, "
+         f"e.g. {stems[0]}")
+
+
 @contextmanager
 def warnings_as_lines(*categories: type[Warning]) -> Iterator[None]:
     """While the block runs, show each warning of ``categories`` (every time it is issued)

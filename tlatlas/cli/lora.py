@@ -6,6 +6,7 @@ import sys
 
 from tlatlas.cli.common import (
     add_model_arg,
+    atlas_stem,
     fail,
     family,
     family_or_any,
@@ -62,7 +63,7 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
     from tlatlas.atlas.store import load_atlas
     from tlatlas.models import load_model, weights_dir
 
-    atlas = load_atlas(args.atlas)
+    atlas = load_atlas(atlas_stem(args.atlas))
     _check_size(args, atlas.sums)
     source = args.model or atlas.meta.model
     model = load_model(source)
@@ -98,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.strategy != "all-linear":
         if not args.atlas:
             fail(f"--strategy {args.strategy} needs --atlas (an atlas of the model)")
-        atlas = load_atlas(args.atlas)
+        atlas = load_atlas(atlas_stem(args.atlas))
         _check_size(args, atlas.sums)
     model = load_model(args.model)
     if atlas is not None and not args.force:
@@ -175,7 +176,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     # everything that can be checked without the model is checked first
     train = TrainConfig(steps=args.steps, n_train=args.n_train, n_heldout=args.n_heldout,
                         lr=args.lr)
-    atlas = load_atlas(args.atlas)
+    atlas = load_atlas(atlas_stem(args.atlas))
     n = len(atlas.sums.layers)
     if args.study != "skip":
         _check_top_k(args.top_k, atlas.sums)
@@ -297,7 +298,8 @@ def cmd_pool(args: argparse.Namespace) -> int:
     """Strategy studies of one design at other training seeds, compared as one study."""
     from pathlib import Path
 
-    from bridges.compare import compare_to, pooled, seed_differences, study_design, study_rows
+    from bridges.compare import compare_to
+    from bridges.pool import pooled, seed_differences, study_design, study_rows
 
     results = []
     for path in args.results:

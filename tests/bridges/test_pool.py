@@ -1,10 +1,11 @@
-"""Pooling strategy-study runs (bridges.compare, `tlatlas pool`) on hand-built rows."""
+"""Pooling strategy-study runs (bridges.pool, `tlatlas pool`) on hand-built rows."""
 
 import json
 
 import pytest
 
-from bridges.compare import compare_to, pooled, seed_differences
+from bridges.compare import compare_to
+from bridges.pool import pooled, seed_differences
 from tlatlas.cli import main
 
 
