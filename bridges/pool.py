@@ -14,8 +14,8 @@ def study_rows(result: dict) -> list[dict]:
     """The run rows of a strategy study: a ``tlatlas study strategies --out`` file or an
     experiment block's result (its ``value``)."""
     value = result.get("value", result)
-    if "rows" not in value:
-        raise ValueError("not a study result: no rows")
+    if "rows" not in value or any("strategy" not in row for row in value["rows"]):
+        raise ValueError("not a strategy study result (rows with a strategy each)")
     return list(value["rows"])
 
 

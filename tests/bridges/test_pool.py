@@ -53,3 +53,7 @@ def test_pool_command_pools_files_of_one_design_only(tmp_path, capsys):
     assert "designs differ" in capsys.readouterr().err
     assert main(["pool", str(one), str(one)]) != 0
     assert "appears twice" in capsys.readouterr().err
+    modules = tmp_path / "m.json"
+    modules.write_text(json.dumps({"rows": [{"seed": 1, "modules": ["o"]}], "design": design}))
+    assert main(["pool", str(one), str(modules)]) != 0
+    assert "not a strategy study result" in capsys.readouterr().err

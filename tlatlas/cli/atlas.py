@@ -194,10 +194,9 @@ def _estimate_args(args: argparse.Namespace) -> dict:
         estimator = None
     elif name == "first_order":
         estimator = FIRST_ORDER
-    elif args.outcomes is not None:
-        estimator = Estimator(method=name, steps=steps or 1, outcomes=args.outcomes)
     else:
-        estimator = Estimator(method=name, steps=steps or 1)
+        estimator = Estimator(method=name, steps=steps or 1,
+                              **({} if args.outcomes is None else {"outcomes": args.outcomes}))
     if estimator is not None and estimator.method == "ig" and estimator.steps > 1 \
             and args.positions:
         fail("--estimator ig runs on the layer map only; drop --positions or use ig_joint")

@@ -337,8 +337,8 @@ def register(sub) -> None:
                        description="Write a PEFT adapter_config.json whose target modules are "
                                    "the layers an atlas ranks most important, with the "
                                    "trainable-parameter count.")
-    p.add_argument("atlas", help="atlas stem (out/seed42), either of its files, or a directory holding "
-                        "one atlas")
+    p.add_argument("atlas", help="atlas stem (out/seed42), either of its files, or a directory "
+                                 "holding one atlas")
     _add_lora(p)
     add_model_arg(p, default=None, help="the model the adapter is for (default: the model "
                                         "the atlas records)")
